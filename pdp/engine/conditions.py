@@ -1,0 +1,337 @@
+"""Compile condition ASTs into Python closures, once, at policy load time.
+
+Each closure takes an `Env` and returns a value or raises `EvalError`. Literals are
+folded, literal lists become frozensets, and pure functions of literals are
+computed ahead, so a request pays only for what depends on it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pdp.engine import functions
+from pdp.engine.env import Condition, Env
+from pdp.engine.errors import EvalError, type_error, type_name
+from pdp.lang import ast
+
+
+def compile_condition(expr: ast.Expr) -> Condition:
+    """A closure computing `expr`; the caller checks that the result is a bool."""
+    return _compile(expr)
+
+
+def compile_rule_condition(when: ast.Expr | None, unless: ast.Expr | None) -> Condition | None:
+    """`when C1 unless C2` as one closure returning True or False, or None if always true."""
+    if when is None and unless is None:
+        return None
+    w = _boolean(_compile(when), "a `when` condition") if when is not None else None
+    u = _boolean(_compile(unless), "an `unless` condition") if unless is not None else None
+    if u is None:
+        assert w is not None
+        return w
+    if w is None:
+        return lambda env: not u(env)
+    return lambda env: w(env) and not u(env)
+
+
+def _boolean(f: Condition, what: str) -> Condition:
+    def check(env: Env) -> bool:
+        v = f(env)
+        if v is True or v is False:
+            return v
+        raise type_error(f"{what} must be true or false", v)
+
+    return check
+
+
+def strict_eq(a: object, b: object) -> bool:
+    """Equality without Python's `True == 1`; numbers compare by value."""
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+            return len(a) == len(b) and all(map(strict_eq, a, b))
+        return a == b
+    if ta is bool or tb is bool:
+        return False
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        return a == b
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(map(strict_eq, a, b))
+    return False
+
+
+class _Const:
+    """Marks a compiled sub-expression whose value is known at compile time."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __call__(self, env: Env) -> object:
+        return self.value
+
+
+def _compile(e: ast.Expr) -> Condition:
+    match e:
+        case ast.Literal(value=v):
+            return _Const(v)
+        case ast.ListExpr(items=items):
+            parts = [_compile(i) for i in items]
+            if all(isinstance(p, _Const) for p in parts):
+                return _Const([p.value for p in parts])  # type: ignore[attr-defined]
+            return lambda env: [p(env) for p in parts]
+        case ast.Path():
+            return _path(e)
+        case ast.Not(operand=op):
+            return _not(_compile(op))
+        case ast.BoolOp(op=op, operands=operands):
+            return _boolop(op, [_compile(o) for o in operands])
+        case ast.Has(target=target, attr=attr):
+            return _has(target, attr)
+        case ast.Compare(op=op, left=left, right=right):
+            return _compare(op, _compile(left), _compile(right))
+        case ast.Call(name=name, args=args):
+            return _call(name, [_compile(a) for a in args])
+    raise AssertionError(f"unknown expression {e!r}")
+
+
+def _not(f: Condition) -> Condition:
+    if isinstance(f, _Const) and isinstance(f.value, bool):
+        return _Const(not f.value)
+
+    def not_(env: Env) -> bool:
+        v = f(env)
+        if v is True:
+            return False
+        if v is False:
+            return True
+        raise type_error("`not` needs a bool", v)
+
+    return not_
+
+
+def _boolop(op: str, parts: list[Condition]) -> Condition:
+    stop = op == "or"  # `or` stops at the first True, `and` at the first False
+    what = f"`{op}` needs bools"
+
+    if len(parts) == 2:
+        a, b = parts
+
+        def two(env: Env) -> bool:
+            v = a(env)
+            if v is stop:
+                return stop
+            if v is not (not stop):
+                raise type_error(what, v)
+            w = b(env)
+            if w is True or w is False:
+                return w
+            raise type_error(what, w)
+
+        return two
+
+    def many(env: Env) -> bool:
+        for p in parts:
+            v = p(env)
+            if v is stop:
+                return stop
+            if v is not (not stop):
+                raise type_error(what, v)
+        return not stop
+
+    return many
+
+
+_ROOTS = {"subject": "sprops", "resource": "rprops", "context": "context", "action": "aprops"}
+
+
+def _path(p: ast.Path) -> Condition:
+    name = str(p)
+    if not p.attrs:
+        return _root_record(p.root)
+    first, rest = p.attrs[0], p.attrs[1:]
+    getter: Condition
+    if p.root in ("subject", "resource") and first in ("id", "type"):
+        obj, attr = p.root, first
+        getter = lambda env: getattr(getattr(env, obj), attr)  # noqa: E731
+    elif p.root == "action" and first == "name":
+        getter = lambda env: env.action.name  # noqa: E731
+    else:
+        slot = _ROOTS[p.root]
+        missing = f"`{p.root}.{first}` is missing"
+
+        def getter(env: Env) -> object:
+            try:
+                v = getattr(env, slot)[first]
+            except KeyError:
+                raise EvalError("missing_attribute", missing) from None
+            if v is None:
+                raise EvalError("missing_attribute", missing)
+            return v
+
+    if not rest:
+        return getter
+    return _nested(getter, p.root, (first, *rest), name)
+
+
+def _nested(base: Condition, root: str, attrs: tuple[str, ...], name: str) -> Condition:
+    def nested(env: Env) -> object:
+        v = base(env)
+        for i, attr in enumerate(attrs[1:], start=1):
+            if not isinstance(v, Mapping):
+                prefix = ".".join((root, *attrs[:i]))
+                raise type_error(f"`{prefix}` has no attributes", v)
+            v = v.get(attr)
+            if v is None:
+                raise EvalError(
+                    "missing_attribute", f"`{'.'.join((root, *attrs[: i + 1]))}` is missing"
+                )
+        return v
+
+    return nested
+
+
+def _root_record(root: str) -> Condition:
+    if root == "subject":
+        return lambda env: {"id": env.subject.id, "type": env.subject.type, **env.sprops}
+    if root == "resource":
+        return lambda env: {"id": env.resource.id, "type": env.resource.type, **env.rprops}
+    if root == "action":
+        return lambda env: {"name": env.action.name, **env.aprops}
+    return lambda env: env.context
+
+
+def _has(target: ast.Expr, attr: str) -> Condition:
+    # `subject has x` looks straight into the properties, without building a record.
+    if isinstance(target, ast.Path) and not target.attrs:
+        builtin = {"subject": ("id", "type"), "resource": ("id", "type"), "action": ("name",)}
+        if attr in builtin.get(target.root, ()):
+            return _Const(True)
+        slot = _ROOTS[target.root]
+        return lambda env: getattr(env, slot).get(attr) is not None
+    f = _compile(target)
+
+    def has(env: Env) -> bool:
+        v = f(env)
+        if not isinstance(v, Mapping):
+            raise type_error("`has` needs a record", v)
+        return v.get(attr) is not None
+
+    return has
+
+
+def _compare(op: str, left: Condition, right: Condition) -> Condition:
+    if op in ("==", "!="):
+        return _equality(op == "==", left, right)
+    if op == "in":
+        return _in(left, right)
+    if op == "contains":
+        return _contains(left, right)
+    return _order(op, left, right)
+
+
+def _equality(positive: bool, left: Condition, right: Condition) -> Condition:
+    if isinstance(right, _Const) and not isinstance(left, _Const):
+        left, right = right, left
+    if isinstance(left, _Const) and type(left.value) is str:
+        # A string equals only a string: plain == is already strict here.
+        lit, other = left.value, right
+        if positive:
+            return lambda env: other(env) == lit
+        return lambda env: other(env) != lit
+    if positive:
+        return lambda env: strict_eq(left(env), right(env))
+    return lambda env: not strict_eq(left(env), right(env))
+
+
+def _in(left: Condition, right: Condition) -> Condition:
+    if isinstance(right, _Const) and isinstance(right.value, list):
+        items = right.value
+        if all(type(i) is str for i in items):
+            strings = frozenset(items)
+            return lambda env: type(v := left(env)) is str and v in strings
+
+        return lambda env: _member(left(env), items)
+
+    def in_(env: Env) -> bool:
+        container = right(env)
+        if not isinstance(container, list | tuple):
+            raise type_error("`in` needs a list on its right", container)
+        return _member(left(env), container)
+
+    return in_
+
+
+def _member(v: object, items: list[Any] | tuple[Any, ...]) -> bool:
+    return any(strict_eq(v, i) for i in items)
+
+
+def _contains(left: Condition, right: Condition) -> Condition:
+    def contains(env: Env) -> bool:
+        container = left(env)
+        item = right(env)
+        if isinstance(container, list | tuple):
+            return _member(item, container)
+        if isinstance(container, str):
+            if not isinstance(item, str):
+                raise type_error("a string can only contain a string", item)
+            return item in container
+        raise type_error("`contains` needs a list or string on its left", container)
+
+    return contains
+
+
+def _order(op: str, left: Condition, right: Condition) -> Condition:
+    compare: Callable[[Any, Any], object] = {
+        "<": operator.lt,
+        "<=": operator.le,
+        ">": operator.gt,
+        ">=": operator.ge,
+    }[op]
+
+    def order(env: Env) -> bool:
+        a, b = left(env), right(env)
+        ta, tb = type(a), type(b)
+        if (
+            ta is bool
+            or tb is bool
+            or not ((ta in (int, float) and tb in (int, float)) or ta is tb and ta is not list)
+        ):
+            raise EvalError(
+                "type_error", f"`{op}` cannot compare a {type_name(a)} with a {type_name(b)}"
+            )
+        try:
+            return bool(compare(a, b))
+        except TypeError:
+            raise EvalError(
+                "type_error", f"`{op}` cannot compare a {type_name(a)} with a {type_name(b)}"
+            ) from None
+
+    return order
+
+
+def _call(name: str, args: list[Condition]) -> Condition:
+    if name == "now":
+        return lambda env: env.now
+    impl = functions.FUNCTIONS[name]
+    if name == "in_cidr" and isinstance(args[1], _Const) and isinstance(args[1].value, str):
+        # The network of a literal CIDR is parsed once, here.
+        net: ipaddress.IPv4Network | ipaddress.IPv6Network = functions.network(args[1].value)
+        ip = args[0]
+        return lambda env: functions.in_cidr(ip(env), net)
+    if all(isinstance(a, _Const) for a in args):
+        try:
+            return _Const(impl(*(a.value for a in args)))  # type: ignore[attr-defined]
+        except EvalError:
+            pass  # left to fail per request, with the rule's diagnostic
+    if len(args) == 1:
+        (a,) = args
+        return lambda env: impl(a(env))
+    if len(args) == 2:
+        a, b = args
+        return lambda env: impl(a(env), b(env))
+    return lambda env: impl(*(a(env) for a in args))

@@ -1,0 +1,35 @@
+"""Errors raised while evaluating a condition; they make that one rule an error."""
+
+from __future__ import annotations
+
+
+class EvalError(Exception):
+    """A missing attribute or a type mismatch: an error of the rule, never a silent false."""
+
+    __slots__ = ("code", "message")
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def type_name(v: object) -> str:
+    """How a value's type reads in a message."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list | tuple):
+        return "list"
+    if isinstance(v, dict):
+        return "record"
+    return type(v).__name__
+
+
+def type_error(what: str, v: object) -> EvalError:
+    return EvalError("type_error", f"{what}, got a {type_name(v)}")

@@ -1,0 +1,287 @@
+"""Policy text → Lark tree, turning every parser complaint into a `PolicyError`.
+
+The Lark tree never leaves `pdp.lang`: `to_ast` turns it into typed nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import cache
+from importlib import resources
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from pdp.lang.errors import PolicyError
+from pdp.lang.source import SourceFile, SourceLoc
+
+MAX_FILE_BYTES = 1_000_000
+MAX_NESTING = 64
+MAX_ERRORS_PER_FILE = 50
+
+# How expected terminals read in messages; keywords and punctuation render as `text`.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "STRING": "a string",
+    "NUMBER": "a number",
+    "EFFECT": "`permit` or `forbid`",
+    "COMP_OP": "a comparison operator",
+    "$END": "end of file",
+}
+
+# Lines where a declaration or rule starts: error recovery resumes at the next one.
+_SYNC = re.compile(r"^[ \t]*(role\b|derived\b|resource\b|permit\b|forbid\b|@|\})", re.M)
+_RULE_START = re.compile(r"^[ \t]*(permit\b|forbid\b|@)", re.M)
+_TOP_START = re.compile(r"^[ \t]*(role\b|derived\b|resource\b)", re.M)
+_RESOURCE_HEADER = re.compile(r"^[ \t]*resource\b[^{}]*\{[ \t]*(#.*)?$")
+
+
+@cache
+def parser() -> Lark:
+    """The one shared LALR parser (Lark parsers are safe to share once built)."""
+    grammar = resources.files("pdp.lang").joinpath("policy.lark").read_text(encoding="utf-8")
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False)
+
+
+def decode(name: str, data: bytes) -> tuple[SourceFile | None, list[PolicyError]]:
+    """Bytes of a policy file → its text, or an error for oversize or non-UTF-8 input."""
+    if len(data) > MAX_FILE_BYTES:
+        return None, [
+            PolicyError(
+                "file_too_large",
+                f"policy file is {len(data):,} bytes, more than the limit of {MAX_FILE_BYTES:,}",
+                SourceLoc(name, 1, 1, 1, 2),
+                help="split the policies over several files",
+            )
+        ]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        good = data[: exc.start].decode("utf-8")
+        src = SourceFile(name, good)
+        loc = src.loc_at(len(good))
+        return None, [
+            PolicyError(
+                "invalid_encoding",
+                f"policy files must be UTF-8; byte 0x{data[exc.start]:02x} is not",
+                loc,
+                source_line=src.line_text(loc.line),
+            )
+        ]
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    nul = text.find("\x00")
+    if nul >= 0:
+        src = SourceFile(name, text)
+        loc = src.loc_at(nul)
+        return None, [
+            PolicyError(
+                "invalid_encoding",
+                "policy files are text; this one holds a NUL byte",
+                loc,
+                source_line=src.line_text(loc.line).replace("\x00", " "),
+            )
+        ]
+    return SourceFile(name, text), []
+
+
+def parse(src: SourceFile) -> tuple[Tree[Token] | None, list[PolicyError]]:
+    """Parse one file; on syntax errors, recover at the next rule or declaration.
+
+    Returns the tree of the whole file when it has no errors, else None and every
+    error found (up to MAX_ERRORS_PER_FILE).
+    """
+    errors = _check_nesting(src)
+    if errors:
+        return None, errors
+    text = src.text
+    seen_lines: set[int] = set()
+    while True:
+        try:
+            tree = parser().parse(text)
+        except UnexpectedInput as exc:
+            err = _syntax_error(src, exc)
+            assert err.loc is not None
+            # After a first error, running off the end is almost always its echo.
+            cascade = errors and err.code == "unexpected_end"
+            if err.loc.line not in seen_lines and not cascade:
+                errors.append(err)
+                seen_lines.add(err.loc.line)
+            if isinstance(exc, UnexpectedEOF) or len(errors) >= MAX_ERRORS_PER_FILE:
+                break
+            blanked = _skip_statement(text, err.loc)
+            if blanked == text:
+                break
+            text = blanked
+            continue
+        return (None, errors) if errors else (tree, [])
+    return None, errors
+
+
+def _check_nesting(src: SourceFile) -> list[PolicyError]:
+    """Reject absurd nesting before the parser sees it, so later stages never recurse deep."""
+    depth = 0
+    nots = 0
+    in_string = False
+    escape = False
+    in_comment = False
+    for i, ch in enumerate(src.text):
+        if in_comment:
+            in_comment = ch != "\n"
+            continue
+        if in_string:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"' or ch == "\n":
+                in_string = False
+            continue
+        if ch == "#":
+            in_comment = True
+        elif ch == '"':
+            in_string = True
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(depth - 1, 0)
+        elif ch == "n" and src.text.startswith("not", i) and _word_at(src.text, i, 3):
+            nots += 1
+        elif not ch.isspace():
+            nots = 0 if ch not in "([" else nots
+        if depth > MAX_NESTING or nots > MAX_NESTING:
+            loc = src.loc_at(i)
+            return [
+                PolicyError(
+                    "too_deep",
+                    f"expression nests deeper than {MAX_NESTING} levels",
+                    loc,
+                    help="split the condition into derived roles or simpler tests",
+                    source_line=src.line_text(loc.line),
+                )
+            ]
+    return []
+
+
+def _word_at(text: str, i: int, n: int) -> bool:
+    before = text[i - 1] if i > 0 else " "
+    after = text[i + n] if i + n < len(text) else " "
+    return not (before.isalnum() or before in "_.") and not (after.isalnum() or after == "_")
+
+
+def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
+    line = max(exc.line, 1) if exc.line is not None and exc.line > 0 else 1
+    column = max(exc.column, 1) if exc.column is not None and exc.column > 0 else 1
+    source_line = src.line_text(line)
+    if isinstance(exc, UnexpectedCharacters):
+        pos = exc.pos_in_stream or 0
+        ch = src.text[pos] if pos < len(src.text) else ""
+        loc = SourceLoc(src.name, line, column, line, column + 1)
+        if ch == '"':
+            return PolicyError(
+                "unterminated_string",
+                "string is not closed before the end of the line",
+                SourceLoc(src.name, line, column, line, len(source_line) + 1),
+                help='close it with `"`; write `\\"` for a quote inside a string',
+                source_line=source_line,
+            )
+        return PolicyError(
+            "unexpected_character",
+            f"unexpected character `{ch}`" if ch.isprintable() else "unexpected character",
+            loc,
+            help=_expected_help(exc.allowed),
+            source_line=source_line,
+        )
+    if isinstance(exc, UnexpectedEOF):
+        end = SourceFile(src.name, src.text).loc_at(len(src.text.rstrip()) or 0)
+        return PolicyError(
+            "unexpected_end",
+            "the file ends in the middle of a declaration",
+            end,
+            help=_expected_help(exc.expected),
+            source_line=src.line_text(end.line),
+        )
+    assert isinstance(exc, UnexpectedToken)
+    token = exc.token
+    if token.type == "$END":
+        end = src.loc_at(len(src.text.rstrip()))
+        return PolicyError(
+            "unexpected_end",
+            "the file ends in the middle of a declaration",
+            end,
+            help=_expected_help(exc.expected),
+            source_line=src.line_text(end.line),
+        )
+    width = len(str(token)) if "\n" not in str(token) else 1
+    loc = SourceLoc(src.name, line, column, line, column + width)
+    return PolicyError(
+        "unexpected_token",
+        f"unexpected {_describe_token(token)}",
+        loc,
+        help=_expected_help(exc.expected),
+        source_line=source_line,
+    )
+
+
+def _describe_token(token: Token) -> str:
+    if token.type == "NAME":
+        return f"name `{token}`"
+    if token.type == "STRING":
+        return f"string {token}"
+    if token.type == "NUMBER":
+        return f"number `{token}`"
+    return f"`{token}`"
+
+
+def _expected_help(expected: Iterable[str] | None) -> str | None:
+    words = sorted({_terminal_words(t) for t in expected or ()} - {""})
+    if not words:
+        return None
+    if len(words) == 1:
+        return f"expected {words[0]}"
+    return "expected one of: " + ", ".join(words)
+
+
+def _terminal_words(name: str) -> str:
+    if name in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[name]
+    if name in ("COMMENT", "WS"):
+        return ""
+    try:
+        pattern = parser().get_terminal(name).pattern
+    except KeyError:
+        return ""
+    if pattern.type == "str":
+        return f"`{pattern.value}`"
+    return ""
+
+
+def _skip_statement(text: str, loc: SourceLoc) -> str:
+    """Blank out the statement holding the error, keeping positions, to resume after it."""
+    lines = text.split("\n")
+    err = min(loc.line, len(lines)) - 1
+    start = err
+    for j in range(err, -1, -1):
+        if lines[j].strip().startswith("}") and j != err:
+            break
+        if _RULE_START.match(lines[j]) or _TOP_START.match(lines[j]):
+            # Keep a `resource X {` header that parsed, so that its block still closes.
+            header_ok = j != err and _RESOURCE_HEADER.match(lines[j])
+            while not header_ok and j > 0 and lines[j - 1].lstrip().startswith("@"):
+                j -= 1  # the rule's annotations go with it
+            start = j + 1 if header_ok else j
+            break
+    end = len(lines)
+    closing = _RESOURCE_HEADER.match(lines[start]) is not None if start < len(lines) else False
+    for k in range(err + 1, len(lines)):
+        if closing and lines[k].startswith("}"):
+            end = k + 1
+            break
+        if not closing and _SYNC.match(lines[k]):
+            end = k
+            break
+    if start >= end:
+        start, end = err, err + 1
+    blanked = [re.sub(r"\S", " ", line) for line in lines[start:end]]
+    return "\n".join(lines[:start] + blanked + lines[end:])
