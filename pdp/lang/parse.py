@@ -30,6 +30,8 @@ _TERMINAL_WORDS = {
     "$END": "end of file",
 }
 
+_STATEMENT_KEYWORDS = frozenset(("role", "derived", "resource", "actions", "permit", "forbid"))
+
 # Lines where a declaration or rule starts: error recovery resumes at the next one.
 _SYNC = re.compile(r"^[ \t]*(role\b|derived\b|resource\b|permit\b|forbid\b|@|\})", re.M)
 _RULE_START = re.compile(r"^[ \t]*(permit\b|forbid\b|@)", re.M)
@@ -96,7 +98,7 @@ def parse(src: SourceFile) -> tuple[Tree[Token] | None, list[PolicyError]]:
     if errors:
         return None, errors
     text = src.text
-    seen_lines: set[int] = set()
+    seen: set[tuple[int, str]] = set()
     while True:
         try:
             tree = parser().parse(text)
@@ -105,12 +107,15 @@ def parse(src: SourceFile) -> tuple[Tree[Token] | None, list[PolicyError]]:
             assert err.loc is not None
             # After a first error, running off the end is almost always its echo.
             cascade = errors and err.code == "unexpected_end"
-            if err.loc.line not in seen_lines and not cascade:
+            if (err.loc.line, err.code) not in seen and not cascade:
                 errors.append(err)
-                seen_lines.add(err.loc.line)
+                seen.add((err.loc.line, err.code))
             if isinstance(exc, UnexpectedEOF) or len(errors) >= MAX_ERRORS_PER_FILE:
                 break
-            blanked = _skip_statement(text, err.loc)
+            # An unfinished statement is found only at the keyword that starts the next
+            # one; skip the unfinished one, which ends on the line before.
+            at = err.loc if err.code != "unfinished" else _line_before(err.loc)
+            blanked = _skip_statement(text, at)
             if blanked == text:
                 break
             text = blanked
@@ -204,6 +209,27 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
         )
     assert isinstance(exc, UnexpectedToken)
     token = exc.token
+    prev = exc.token_history[-1] if exc.token_history else None
+    if (
+        prev is not None
+        and prev.type == "NAME"
+        and str(prev) in _STATEMENT_KEYWORDS
+        and prev.line is not None
+        and prev.column is not None
+        and not src.line_text(prev.line)[: prev.column - 1].strip()
+    ):
+        # A keyword read as a name: the statement before it was left unfinished.
+        before = src.text.rstrip()[: src.text.rfind("\n", 0, prev.start_pos or 0)].rstrip()
+        ending = before[-1:] if before else ""
+        return PolicyError(
+            "unfinished",
+            f"`{prev}` starts a new statement, but the one before it is not finished",
+            SourceLoc(src.name, prev.line, prev.column, prev.line, prev.column + len(prev)),
+            help=f"the line before ends with `{ending}`; remove it or finish the list"
+            if ending in (",", ":")
+            else "finish the statement before this line",
+            source_line=src.line_text(prev.line),
+        )
     if token.type == "$END":
         end = src.loc_at(len(src.text.rstrip()))
         return PolicyError(
@@ -285,3 +311,8 @@ def _skip_statement(text: str, loc: SourceLoc) -> str:
         start, end = err, err + 1
     blanked = [re.sub(r"\S", " ", line) for line in lines[start:end]]
     return "\n".join(lines[:start] + blanked + lines[end:])
+
+
+def _line_before(loc: SourceLoc) -> SourceLoc:
+    line = max(loc.line - 1, 1)
+    return SourceLoc(loc.file, line, 1, line, 2)

@@ -1,0 +1,133 @@
+"""`pdp check`: evaluate AuthZEN-shaped requests offline against policies and bindings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.table import Table
+
+from pdp.cli.common import (
+    EXIT_DENY,
+    EXIT_ERROR,
+    EXIT_OK,
+    err,
+    existing_file,
+    fail,
+    load_policies,
+    out,
+    parse_now,
+    print_json,
+)
+from pdp.engine.bindings import Bindings
+from pdp.engine.compile import compile_policy_set
+from pdp.engine.decision import Decision
+from pdp.engine.request import RequestError, parse_evaluations
+from pdp.evaluation import evaluate
+from pdp.lang.errors import render_all
+from pdp.store.document import DocumentError, load_bindings_file
+
+EXAMPLE = """\
+request (JSON; `-` reads stdin):
+  {"subject":  {"type": "user", "id": "alice", "properties": {"tenant": "acme"}},
+   "action":   {"name": "read"},
+   "resource": {"type": "document", "id": "42", "properties": {"tenant": "acme"},
+                "ancestors": ["folder/7"]},
+   "context":  {"ip": "10.1.2.3"}}
+  or {"subject": ..., "evaluations": [{"action": ...}, ...]} with shared defaults
+
+exit codes: 0 all allowed, 1 bad input or invalid policies, 2 usage, 3 a deny
+"""
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "check",
+        help="decide a request offline and print the decision as JSON",
+        description="Evaluate one request, or a batch with `evaluations`, against policies "
+        "and a bindings file, and print the decision(s) as JSON.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--policies", required=True, metavar="DIR", help="policy directory or file")
+    p.add_argument("--bindings", metavar="FILE", type=existing_file, help="bindings YAML file")
+    p.add_argument(
+        "--request", required=True, metavar="FILE", type=existing_file, help="request JSON, or -"
+    )
+    p.add_argument("--schema", metavar="FILE", help="attribute schema to validate policies with")
+    p.add_argument("--now", metavar="TIME", help="evaluate as of this ISO 8601 time")
+    p.add_argument(
+        "--explain", action="store_true", help="show every candidate rule and why it applied"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result, code = load_policies([args.policies], args.schema)
+    if result is None:
+        return code
+    if result.policy_set is None:
+        err.print(render_all(result.errors), markup=False)
+        return EXIT_ERROR
+    policy = compile_policy_set(result.policy_set)
+    try:
+        roles = {r.name.name for r in result.policy_set.roles}
+        roles |= {d.name.name for d in result.policy_set.derived_roles}
+        bindings = load_bindings_file(args.bindings, roles) if args.bindings else Bindings()
+    except DocumentError as exc:
+        return fail(f"bad bindings file:\n{exc}")
+    try:
+        raw = sys.stdin.read() if args.request == "-" else open(args.request).read()
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return fail(f"request is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+    try:
+        now = parse_now(args.now)
+    except ValueError:
+        return fail(f"--now: `{args.now}` is not an ISO 8601 time")
+    try:
+        requests, batch = parse_evaluations(data)
+    except RequestError as exc:
+        return fail(f"bad request: {exc}")
+    decisions = evaluate(policy, requests, bindings, now=now, explain=args.explain)
+    if args.explain:
+        for request, decision in zip(requests, decisions, strict=True):
+            _explain(request.subject.key, request.resource, decision)
+    else:
+        shown = [d.to_json() for d in decisions]
+        print_json(shown if batch else shown[0])
+    return EXIT_OK if all(d.allowed for d in decisions) else EXIT_DENY
+
+
+def _explain(subject: str, resource: Any, d: Decision) -> None:
+    verdict = "[green]ALLOW[/]" if d.allowed else "[red]DENY[/]"
+    out.print(
+        f"{verdict} {subject} → {d.action} {resource.type}/{resource.id}  "
+        f"(policy_version {d.policy_version})"
+    )
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in ("rule", "where", "effect", "role", "condition", "applied"):
+        table.add_column(col)
+    for t in d.trace:
+        table.add_row(
+            t.rule_id,
+            t.where,
+            t.effect,
+            t.role or "-",
+            t.condition,
+            "[bold]yes[/]" if t.applied else "no",
+        )
+    if d.trace:
+        out.print(table)
+    else:
+        out.print("  no candidate rules")
+    if d.reasons:
+        kind = "allowed by" if d.allowed else "denied by"
+        out.print(f"  {kind}: " + ", ".join(d.reasons), markup=False)
+    elif not d.allowed:
+        out.print("  denied by default: no permit applied", markup=False)
+    for diag in d.diagnostics:
+        out.print(f"  diagnostic[{diag.code}] {diag.rule_id or ''}: {diag.message}", markup=False)
+    out.print()

@@ -1,0 +1,68 @@
+"""What the verbs share: output helpers and loading policies the same way everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from pdp.lang.errors import render_all
+from pdp.lang.load import LoadResult, load_paths
+from pdp.lang.schema import Schema, load_schema
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DENY = 0, 1, 2, 3
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def fail(message: str) -> int:
+    """Report a problem with the user's input on stderr; return the error exit code."""
+    err.print(f"[bold red]error[/]: {message}", markup=True)
+    return EXIT_ERROR
+
+
+def add_formatter(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def load_policies(paths: list[str], schema_path: str | None) -> tuple[LoadResult | None, int]:
+    """Load policies (and the schema); on failure print the errors and give the exit code."""
+    schema: Schema | None = None
+    try:
+        if schema_path:
+            schema = load_schema(schema_path)
+        return load_paths(paths, schema), EXIT_OK
+    except FileNotFoundError as exc:
+        return None, fail(str(exc))
+    except OSError as exc:
+        return None, fail(f"cannot read {exc.filename}: {exc.strerror}")
+    except Exception as exc:  # PolicyLoadError from the schema
+        from pdp.lang.errors import PolicyLoadError
+
+        if isinstance(exc, PolicyLoadError):
+            err.print(render_all(exc.errors), markup=False)
+            return None, EXIT_ERROR
+        raise
+
+
+def parse_now(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def existing_file(text: str) -> str:
+    if text != "-" and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text

@@ -1,0 +1,70 @@
+"""`pdp test [DIR]`: run policy test suites (`*.test.yaml`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pdp.cli.common import EXIT_ERROR, EXIT_OK, fail, out, print_json
+from pdp.testing.runner import discover_suites, junit_xml, run_suites
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "test",
+        help="run policy test suites (*.test.yaml)",
+        description="Run every *.test.yaml suite under DIR against the policies in DIR "
+        "(or the suite's own `policies:`), print a summary, and exit 1 on any failure.",
+        epilog="exit codes: 0 all passed, 1 a failure or a broken suite, 2 usage",
+    )
+    p.add_argument("dir", nargs="?", default="policies", metavar="DIR", help="default: policies")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if not root.exists():
+        return fail(f"no such file or directory: {root}")
+    if not discover_suites(root):
+        return fail(f"no test suites (*.test.yaml) under {root}")
+    results = run_suites(root)
+    if args.junit:
+        Path(args.junit).write_text(junit_xml(results), encoding="utf-8")
+    cases = sum(len(s.cases) for s in results)
+    failed = sum(s.failed for s in results)
+    if args.json:
+        print_json(
+            {
+                "suites": len(results),
+                "cases": cases,
+                "failed": failed,
+                "results": [
+                    {
+                        "suite": s.name,
+                        "file": s.path,
+                        "error": s.error,
+                        "cases": [
+                            {"name": c.name, "passed": c.passed, "message": c.message}
+                            for c in s.cases
+                        ],
+                    }
+                    for s in results
+                ],
+            }
+        )
+        return EXIT_ERROR if failed else EXIT_OK
+    for s in results:
+        mark = "[green]✓[/]" if not s.failed else "[red]✗[/]"
+        out.print(f"{mark} {s.path} ({s.name}): {len(s.cases)} case(s)")
+        if s.error:
+            out.print(f"    [red]suite error[/]: {s.error}")
+        for c in s.cases:
+            if not c.passed:
+                out.print(f"    [red]FAIL[/] {c.name}: {c.message}")
+    passed = cases - sum(not c.passed for s in results for c in s.cases)
+    summary = f"{len(results)} suite(s), {cases} case(s): {passed} passed, {failed} failed"
+    out.print(("[green]" if not failed else "[red]") + summary + "[/]")
+    return EXIT_ERROR if failed else EXIT_OK

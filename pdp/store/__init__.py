@@ -1,0 +1,1 @@
+"""Role bindings, groups and subject attributes: the YAML document form and (later) SQL."""
