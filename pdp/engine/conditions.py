@@ -14,7 +14,7 @@ from typing import Any
 
 from pdp.engine import functions
 from pdp.engine.env import Condition, Env
-from pdp.engine.errors import EvalError, type_error, type_name
+from pdp.engine.errors import EvalError, a_type, type_error
 from pdp.lang import ast
 
 
@@ -301,14 +301,12 @@ def _order(op: str, left: Condition, right: Condition) -> Condition:
             or tb is bool
             or not ((ta in (int, float) and tb in (int, float)) or ta is tb and ta is not list)
         ):
-            raise EvalError(
-                "type_error", f"`{op}` cannot compare a {type_name(a)} with a {type_name(b)}"
-            )
+            raise EvalError("type_error", f"`{op}` cannot compare {a_type(a)} with {a_type(b)}")
         try:
             return bool(compare(a, b))
         except TypeError:
             raise EvalError(
-                "type_error", f"`{op}` cannot compare a {type_name(a)} with a {type_name(b)}"
+                "type_error", f"`{op}` cannot compare {a_type(a)} with {a_type(b)}"
             ) from None
 
     return order

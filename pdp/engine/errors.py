@@ -31,5 +31,11 @@ def type_name(v: object) -> str:
     return type(v).__name__
 
 
+def a_type(v: object) -> str:
+    """`an int`, `a string`: a value's type as it reads in a sentence."""
+    name = type_name(v)
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
 def type_error(what: str, v: object) -> EvalError:
-    return EvalError("type_error", f"{what}, got a {type_name(v)}")
+    return EvalError("type_error", f"{what}, got {a_type(v)}")

@@ -120,14 +120,16 @@ def parse(src: SourceFile) -> tuple[Tree[Token] | None, list[PolicyError]]:
                 break
             text = blanked
             continue
-        return (None, errors) if errors else (tree, [])
+        if errors:
+            return None, errors
+        deep = _too_deep(src, tree)
+        return (None, [deep]) if deep else (tree, [])
     return None, errors
 
 
 def _check_nesting(src: SourceFile) -> list[PolicyError]:
     """Reject absurd nesting before the parser sees it, so later stages never recurse deep."""
     depth = 0
-    nots = 0
     in_string = False
     escape = False
     in_comment = False
@@ -151,11 +153,7 @@ def _check_nesting(src: SourceFile) -> list[PolicyError]:
             depth += 1
         elif ch in ")]":
             depth = max(depth - 1, 0)
-        elif ch == "n" and src.text.startswith("not", i) and _word_at(src.text, i, 3):
-            nots += 1
-        elif not ch.isspace():
-            nots = 0 if ch not in "([" else nots
-        if depth > MAX_NESTING or nots > MAX_NESTING:
+        if depth > MAX_NESTING:
             loc = src.loc_at(i)
             return [
                 PolicyError(
@@ -169,10 +167,25 @@ def _check_nesting(src: SourceFile) -> list[PolicyError]:
     return []
 
 
-def _word_at(text: str, i: int, n: int) -> bool:
-    before = text[i - 1] if i > 0 else " "
-    after = text[i + n] if i + n < len(text) else " "
-    return not (before.isalnum() or before in "_.") and not (after.isalnum() or after == "_")
+def _too_deep(src: SourceFile, tree: Tree[Token]) -> PolicyError | None:
+    """Find expressions nested past the limit (e.g. `not not not ...`), without recursion."""
+    # Declarations take a few levels above any expression.
+    limit = MAX_NESTING * 2 + 8
+    stack: list[tuple[Tree[Token], int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            meta = node.meta
+            loc = SourceLoc(src.name, meta.line, meta.column, meta.line, meta.column + 1)
+            return PolicyError(
+                "too_deep",
+                f"expression nests deeper than {MAX_NESTING} levels",
+                loc,
+                help="split the condition into derived roles or simpler tests",
+                source_line=src.line_text(meta.line),
+            )
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
+    return None
 
 
 def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
@@ -240,6 +253,14 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
             source_line=src.line_text(end.line),
         )
     width = len(str(token)) if "\n" not in str(token) else 1
+    if token.type == "NAME" and str(token) in ("permit", "forbid") and "RESOURCE" in exc.expected:
+        return PolicyError(
+            "unexpected_token",
+            f"`{token}` rules belong inside a resource block",
+            SourceLoc(src.name, line, column, line, column + width),
+            help="write the rule inside `resource TYPE { actions ...; ... }`",
+            source_line=source_line,
+        )
     loc = SourceLoc(src.name, line, column, line, column + width)
     return PolicyError(
         "unexpected_token",

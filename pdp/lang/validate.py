@@ -297,7 +297,7 @@ class _Validator:
         if t not in ("bool", "any"):
             self.error(
                 "not_boolean",
-                f"a condition must be true or false, this is a {t}",
+                f"a condition must be true or false, this is {_a(t)}",
                 expr.loc,
             )
 
@@ -324,7 +324,7 @@ class _Validator:
                 if t not in ("record", "any"):
                     self.error(
                         "type_mismatch",
-                        f"`has` needs a record on its left, this is a {t}",
+                        f"`has` needs a record on its left, this is {_a(t)}",
                         target.loc,
                     )
                 return "bool"
@@ -337,7 +337,7 @@ class _Validator:
     def _expect(self, e: ast.Expr, want: str, where: str, scope: _Scope) -> None:
         t = self._type(e, scope)
         if not _compatible(t, want):
-            self.error("type_mismatch", f"{where} needs a {want}, this is a {t}", e.loc)
+            self.error("type_mismatch", f"{where} needs {_a(want)}, this is {_a(t)}", e.loc)
 
     def _compare_type(
         self, op: str, left: ast.Expr, right: ast.Expr, loc: SourceLoc | None, scope: _Scope
@@ -347,7 +347,7 @@ class _Validator:
             if "any" not in (lt, rt) and not (lt == rt or (lt in _NUMERIC and rt in _NUMERIC)):
                 self.error(
                     "type_mismatch",
-                    f"comparing a {lt} with a {rt} is always {'false' if op == '==' else 'true'}",
+                    f"comparing {_a(lt)} with {_a(rt)} is always {str(op != '==').lower()}",
                     loc,
                 )
         elif op in ("<", "<=", ">", ">="):
@@ -355,28 +355,28 @@ class _Validator:
                 if t not in ("any", "string", "time", *_NUMERIC):
                     self.error(
                         "type_mismatch",
-                        f"`{op}` compares numbers, strings or times, not a {t}",
+                        f"`{op}` compares numbers, strings or times, not {_a(t)}",
                         side.loc,
                     )
             ordered = {lt, rt} - {"any"}
             if len(ordered) == 2 and not ordered <= set(_NUMERIC):
-                self.error("type_mismatch", f"`{op}` cannot compare a {lt} with a {rt}", loc)
+                self.error("type_mismatch", f"`{op}` cannot compare {_a(lt)} with {_a(rt)}", loc)
         elif op == "in":
             if rt not in ("list", "any"):
                 self.error(
-                    "type_mismatch", f"`in` needs a list on its right, this is a {rt}", right.loc
+                    "type_mismatch", f"`in` needs a list on its right, this is {_a(rt)}", right.loc
                 )
         elif op == "contains":
             if lt not in ("list", "string", "any"):
                 self.error(
                     "type_mismatch",
-                    f"`contains` needs a list or string on its left, this is a {lt}",
+                    f"`contains` needs a list or string on its left, this is {_a(lt)}",
                     left.loc,
                 )
             elif lt == "string" and rt not in ("string", "any"):
                 self.error(
                     "type_mismatch",
-                    f"a string can only contain a string, this is a {rt}",
+                    f"a string can only contain a string, this is {_a(rt)}",
                     right.loc,
                 )
         return "bool"
@@ -465,9 +465,14 @@ class _Validator:
 
     def _nested_error(self, p: ast.Path, t: str = "string") -> str:
         self.error(
-            "type_mismatch", f"`{p.root}.{p.attrs[0]}` is a {t}, it has no attributes", p.loc
+            "type_mismatch", f"`{p.root}.{p.attrs[0]}` is {_a(t)}, it has no attributes", p.loc
         )
         return "any"
+
+
+def _a(type_name: str) -> str:
+    """`int` → `an int`: type names as they read in a sentence."""
+    return f"an {type_name}" if type_name[0] in "aeiou" else f"a {type_name}"
 
 
 def _count(n: int) -> str:
