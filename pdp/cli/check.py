@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from rich.table import Table
@@ -20,6 +19,7 @@ from pdp.cli.common import (
     out,
     parse_now,
     print_json,
+    read_input,
 )
 from pdp.engine.bindings import Bindings
 from pdp.engine.compile import compile_policy_set
@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     except DocumentError as exc:
         return fail(f"bad bindings file:\n{exc}")
     try:
-        raw = sys.stdin.read() if args.request == "-" else open(args.request).read()
-        data = json.loads(raw)
+        data = json.loads(read_input(args.request))
+    except (OSError, UnicodeDecodeError) as exc:
+        return fail(f"cannot read the request {args.request}: {exc}")
     except json.JSONDecodeError as exc:
         return fail(f"request is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
     try:

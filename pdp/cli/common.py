@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from pdp.lang.errors import render_all
+from pdp.lang.errors import PolicyLoadError, render_all
 from pdp.lang.load import LoadResult, load_paths
 from pdp.lang.schema import Schema, load_schema
+from pdp.lang.times import parse_time
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DENY = 0, 1, 2, 3
 
@@ -46,20 +47,20 @@ def load_policies(paths: list[str], schema_path: str | None) -> tuple[LoadResult
         return None, fail(str(exc))
     except OSError as exc:
         return None, fail(f"cannot read {exc.filename}: {exc.strerror}")
-    except Exception as exc:  # PolicyLoadError from the schema
-        from pdp.lang.errors import PolicyLoadError
-
-        if isinstance(exc, PolicyLoadError):
-            err.print(render_all(exc.errors), markup=False)
-            return None, EXIT_ERROR
-        raise
+    except PolicyLoadError as exc:  # the schema file
+        err.print(render_all(exc.errors), markup=False)
+        return None, EXIT_ERROR
 
 
 def parse_now(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    t = datetime.fromisoformat(text)
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return None if text is None else parse_time(text)
+
+
+def read_input(path: str) -> str:
+    """The text of `path`, or of stdin for `-`; OSError or UnicodeDecodeError when unreadable."""
+    if path == "-":
+        return sys.stdin.read()
+    return Path(path).read_text(encoding="utf-8")
 
 
 def existing_file(text: str) -> str:

@@ -15,6 +15,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from pdp.lang.graph import cycles
+
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-@+]*"
 _SUBJECT_RE = re.compile(rf"^({_NAME}):([^\s]+)$")
 _SCOPE_RE = re.compile(rf"^(global|tenant/[^\s/]+|{_NAME}/[^\s]+)$")
@@ -118,26 +120,4 @@ class Bindings:
 
 def group_cycle(groups: Mapping[str, Iterable[str]]) -> list[str] | None:
     """A membership cycle among groups, as a path, or None."""
-    graph = {g: [m for m in ms if m in groups] for g, ms in groups.items()}
-    state: dict[str, int] = {}
-    for start in graph:
-        if state.get(start):
-            continue
-        stack: list[tuple[str, int]] = [(start, 0)]
-        path: list[str] = []
-        while stack:
-            node, i = stack.pop()
-            if i == 0:
-                state[node] = 1
-                path.append(node)
-            if i < len(graph[node]):
-                stack.append((node, i + 1))
-                nxt = graph[node][i]
-                if state.get(nxt) == 1:
-                    return path[path.index(nxt) :] + [nxt]
-                if not state.get(nxt):
-                    stack.append((nxt, 0))
-            else:
-                state[node] = 2
-                path.pop()
-    return None
+    return next(cycles({g: list(ms) for g, ms in groups.items()}), None)

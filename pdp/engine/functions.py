@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from pdp.engine.errors import EvalError, type_error
-from pdp.lang.validate import parse_time
+from pdp.lang.times import parse_time
 
 Impl = Callable[..., Any]
 

@@ -212,14 +212,7 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
             source_line=source_line,
         )
     if isinstance(exc, UnexpectedEOF):
-        end = SourceFile(src.name, src.text).loc_at(len(src.text.rstrip()) or 0)
-        return PolicyError(
-            "unexpected_end",
-            "the file ends in the middle of a declaration",
-            end,
-            help=_expected_help(exc.expected),
-            source_line=src.line_text(end.line),
-        )
+        return _unexpected_end(src, exc.expected)
     assert isinstance(exc, UnexpectedToken)
     token = exc.token
     prev = exc.token_history[-1] if exc.token_history else None
@@ -244,14 +237,7 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
             source_line=src.line_text(prev.line),
         )
     if token.type == "$END":
-        end = src.loc_at(len(src.text.rstrip()))
-        return PolicyError(
-            "unexpected_end",
-            "the file ends in the middle of a declaration",
-            end,
-            help=_expected_help(exc.expected),
-            source_line=src.line_text(end.line),
-        )
+        return _unexpected_end(src, exc.expected)
     width = len(str(token)) if "\n" not in str(token) else 1
     if token.type == "NAME" and str(token) in ("permit", "forbid") and "RESOURCE" in exc.expected:
         return PolicyError(
@@ -268,6 +254,17 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
         loc,
         help=_expected_help(exc.expected),
         source_line=source_line,
+    )
+
+
+def _unexpected_end(src: SourceFile, expected: Iterable[str] | None) -> PolicyError:
+    end = src.loc_at(len(src.text.rstrip()))
+    return PolicyError(
+        "unexpected_end",
+        "the file ends in the middle of a declaration",
+        end,
+        help=_expected_help(expected),
+        source_line=src.line_text(end.line),
     )
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from pdp.lang import ast
 from pdp.lang.errors import PolicyError, Severity, did_you_mean
 from pdp.lang.functions import FUNCTIONS
+from pdp.lang.graph import cycles
 from pdp.lang.schema import Schema
 from pdp.lang.source import SourceLoc
+from pdp.lang.times import parse_time
 
 KNOWN_ANNOTATIONS = ("id", "description", "owner")
 _BUILTIN_ATTRS = {"subject": ("id", "type"), "resource": ("id", "type"), "action": ("name",)}
@@ -23,12 +24,6 @@ _NUMERIC = ("int", "float", "number")
 def validate(ps: ast.PolicySet, schema: Schema | None = None) -> list[PolicyError]:
     """Every error and warning in the policy set, in no particular order."""
     return _Validator(ps, schema).run()
-
-
-def parse_time(text: str) -> datetime:
-    """ISO 8601 → aware datetime (UTC when no zone is given); ValueError when malformed."""
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -99,42 +94,16 @@ class _Validator:
         return roles
 
     def _check_cycles(self, roles: dict[str, ast.RoleDecl]) -> None:
-        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-        reported: set[frozenset[str]] = set()
-        for start in roles:
-            if state.get(start):
-                continue
-            # Iterative DFS: role graphs come from user input and may be long chains.
-            stack: list[tuple[str, int]] = [(start, 0)]
-            path: list[str] = []
-            while stack:
-                name, i = stack.pop()
-                if i == 0:
-                    state[name] = 1
-                    path.append(name)
-                incs = [x.name for x in roles[name].includes if x.name in roles]
-                if i < len(incs):
-                    stack.append((name, i + 1))
-                    nxt = incs[i]
-                    if state.get(nxt) == 1:
-                        cycle = path[path.index(nxt) :] + [nxt]
-                        key = frozenset(cycle)
-                        if key not in reported:
-                            reported.add(key)
-                            decl = roles[name]
-                            inc = next(x for x in decl.includes if x.name == nxt)
-                            self.error(
-                                "role_cycle",
-                                "roles include each other in a cycle: "
-                                + " → ".join(f"`{c}`" for c in cycle),
-                                inc.loc,
-                                help="role inclusion must form a hierarchy; remove one inclusion",
-                            )
-                    elif not state.get(nxt):
-                        stack.append((nxt, 0))
-                else:
-                    state[name] = 2
-                    path.pop()
+        graph = {name: [i.name for i in decl.includes] for name, decl in roles.items()}
+        for cycle in cycles(graph):
+            # Point at the inclusion that closes the cycle.
+            inc = next(x for x in roles[cycle[-2]].includes if x.name == cycle[-1])
+            self.error(
+                "role_cycle",
+                "roles include each other in a cycle: " + " → ".join(f"`{c}`" for c in cycle),
+                inc.loc,
+                help="role inclusion must form a hierarchy; remove one inclusion",
+            )
 
     # --- resources and derived roles ----------------------------------------------
 

@@ -17,7 +17,7 @@ imports and exports.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from pdp.engine.bindings import (
     parse_subject_ref,
 )
 from pdp.lang.errors import did_you_mean
+from pdp.lang.times import to_time
 
 SECTIONS = ("subjects", "groups", "bindings")
 
@@ -189,19 +190,11 @@ def _subject(value: object, where: str, problems: list[str]) -> str | None:
 def _time(value: object, where: str, problems: list[str]) -> datetime | None:
     if value is None:
         return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    if isinstance(value, str):
-        try:
-            t = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            return t if t.tzinfo else t.replace(tzinfo=UTC)
-    problems.append(f"{where}: `{value}` is not an ISO 8601 time such as 2027-01-01T00:00:00Z")
-    return None
+    try:
+        return to_time(value)
+    except ValueError:
+        problems.append(f"{where}: `{value}` is not an ISO 8601 time such as 2027-01-01T00:00:00Z")
+        return None
 
 
 def _opt_str(value: object) -> str | None:

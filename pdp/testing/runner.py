@@ -28,7 +28,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from pdp.engine.request import Request, RequestError, parse_request
 from pdp.evaluation import evaluate
 from pdp.lang.errors import PolicyError
 from pdp.lang.load import LoadResult, load_paths, load_texts
+from pdp.lang.times import to_time
 from pdp.store.document import DocumentError, load_bindings_file, parse_bindings
 
 SUITE_SUFFIX = ".test.yaml"
@@ -178,15 +179,10 @@ def _bindings(path: Path, value: object) -> Bindings:
 def _now(value: object) -> datetime | None:
     if value is None:
         return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     try:
-        t = datetime.fromisoformat(str(value))
+        return to_time(value)
     except ValueError:
         raise SuiteError(f"`now`: `{value}` is not an ISO 8601 time") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _fixtures(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
