@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from pdp.cli.common import (
@@ -105,19 +106,21 @@ def run(args: argparse.Namespace) -> int:
 def _explain(subject: str, resource: Any, d: Decision) -> None:
     verdict = "[green]ALLOW[/]" if d.allowed else "[red]DENY[/]"
     out.print(
-        f"{verdict} {subject} → {d.action} {resource.type}/{resource.id}  "
+        f"{verdict} {escape(subject)} → {escape(d.action)} "
+        f"{escape(resource.type)}/{escape(resource.id)}  "
         f"(policy_version {d.policy_version})"
     )
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("rule", "where", "effect", "role", "condition", "applied"):
-        table.add_column(col)
+        # Ids and messages wrap rather than being cut when the output is narrow or piped.
+        table.add_column(col, overflow="fold")
     for t in d.trace:
         table.add_row(
-            t.rule_id,
-            t.where,
+            escape(t.rule_id),
+            escape(t.where),
             t.effect,
-            t.role or "-",
-            t.condition,
+            escape(t.role or "-"),
+            escape(t.condition),
             "[bold]yes[/]" if t.applied else "no",
         )
     if d.trace:

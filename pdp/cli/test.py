@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from pdp.cli.common import EXIT_ERROR, EXIT_OK, fail, out, print_json
 from pdp.testing.runner import discover_suites, junit_xml, run_suites
 
@@ -58,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR if failed else EXIT_OK
     for s in results:
         mark = "[green]✓[/]" if not s.failed else "[red]✗[/]"
-        out.print(f"{mark} {s.path} ({s.name}): {len(s.cases)} case(s)")
+        out.print(f"{mark} {escape(s.path)} ({escape(s.name)}): {len(s.cases)} case(s)")
         if s.error:
-            out.print(f"    [red]suite error[/]: {s.error}")
+            out.print(f"    [red]suite error[/]: {escape(s.error)}")
         for c in s.cases:
             if not c.passed:
-                out.print(f"    [red]FAIL[/] {c.name}: {c.message}")
+                out.print(f"    [red]FAIL[/] {escape(c.name)}: {escape(c.message)}")
     passed = cases - sum(not c.passed for s in results for c in s.cases)
     summary = f"{len(results)} suite(s), {cases} case(s): {passed} passed, {failed} failed"
     out.print(("[green]" if not failed else "[red]") + summary + "[/]")

@@ -288,7 +288,11 @@ class _Validator:
                 for x in operands:
                     self._expect(x, "bool", f"`{op}`", scope)
                 return "bool"
-            case ast.Has(target=target):
+            case ast.Has(target=target, attr=attr):
+                if isinstance(target, ast.Path) and not target.attrs:
+                    # A typo in a `has` guard would silently switch the guard off.
+                    self._path_type(ast.Path(target.root, (attr,), e.loc), scope)
+                    return "bool"
                 t = self._type(target, scope)
                 if t not in ("record", "any"):
                     self.error(
@@ -394,8 +398,6 @@ class _Validator:
 
     def _path_type(self, p: ast.Path, scope: _Scope) -> str:
         if not p.attrs:
-            if p.root == "action":
-                return "record"
             return "record"
         first = p.attrs[0]
         if first in _BUILTIN_ATTRS.get(p.root, ()):

@@ -38,7 +38,7 @@ from pdp.engine.bindings import Bindings
 from pdp.engine.compile import CompiledPolicySet, compile_policy_set
 from pdp.engine.request import Request, RequestError, parse_request
 from pdp.evaluation import evaluate
-from pdp.lang.errors import PolicyError
+from pdp.lang.errors import PolicyError, did_you_mean
 from pdp.lang.load import LoadResult, load_paths, load_texts
 from pdp.lang.times import to_time
 from pdp.store.document import DocumentError, load_bindings_file, parse_bindings
@@ -110,7 +110,9 @@ def run_suite(
                 "the policies do not load:\n" + "\n".join(e.render() for e in loaded.errors)
             )
         policy = compile_policy_set(loaded.policy_set)
-        bindings = bindings_override or _bindings(path, data.get("bindings"))
+        ps = loaded.policy_set
+        grantable = {r.name.name for r in ps.roles}
+        bindings = bindings_override or _bindings(path, data.get("bindings"), grantable)
         now = _now(data.get("now"))
         subjects = _fixtures(data, "subjects")
         resources = _fixtures(data, "resources")
@@ -168,12 +170,12 @@ def _matches(want: Mapping[str, object], got: Mapping[str, object]) -> bool:
     return all(got.get(k) == v for k, v in want.items())
 
 
-def _bindings(path: Path, value: object) -> Bindings:
+def _bindings(path: Path, value: object, roles: set[str]) -> Bindings:
     if value is None:
         return Bindings()
     if isinstance(value, str):
-        return load_bindings_file(path.parent / value)
-    return parse_bindings(value, f"{path} (bindings)")
+        return load_bindings_file(path.parent / value, roles)
+    return parse_bindings(value, f"{path} (bindings)", roles)
 
 
 def _now(value: object) -> datetime | None:
@@ -221,12 +223,15 @@ def _run_case(
                 "action": {"name": str(action), "properties": case.get("action_properties") or {}},
             }
             requests.append(parse_request(base))
+        _check_declared(policy, requests)
+        want_reasons = case.get("reasons") or {}
+        if not isinstance(want_reasons, Mapping) or set(want_reasons) - set(expect):
+            raise SuiteError("`reasons` must map actions that `expect` names to rule ids")
         requests = [Request(r.subject, r.action, r.resource, r.context, now) for r in requests]
         decisions = evaluate(policy, requests, bindings, now=now)
     except (SuiteError, RequestError) as exc:
         return CaseResult(suite, name, False, str(exc), time.perf_counter() - started)
     failures = []
-    want_reasons = case.get("reasons") or {}
     for (action, want), d in zip(expect.items(), decisions, strict=True):
         if d.allowed != _EXPECT[want]:
             why = ", ".join(d.reasons) or "no rule applied"
@@ -240,6 +245,20 @@ def _run_case(
                 f"{action}: expected reasons {want_reasons[action]}, got {list(d.reasons)}"
             )
     return CaseResult(suite, name, not failures, "; ".join(failures), time.perf_counter() - started)
+
+
+def _check_declared(policy: CompiledPolicySet, requests: list[Request]) -> None:
+    """A typo in a test's action or resource type would pass every `deny`: refuse it."""
+    for r in requests:
+        actions = policy.actions.get(r.resource.type)
+        if actions is None:
+            raise SuiteError(f"resource type `{r.resource.type}` is not declared by the policies")
+        if r.action.name not in actions:
+            hint = did_you_mean(r.action.name, actions)
+            raise SuiteError(
+                f"`expect`: action `{r.action.name}` is not declared on `{r.resource.type}`"
+                + (f"; {hint}" if hint else "")
+            )
 
 
 def _fixture(value: object, fixtures: Mapping[str, Any], kind: str) -> object:
