@@ -73,6 +73,9 @@ class Bindings:
         init=False, repr=False, compare=False
     )
     _member_of: Mapping[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    _groups_cache: dict[str, frozenset[str]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         by: dict[str, dict[str, list[RoleBinding]]] = defaultdict(lambda: defaultdict(list))
@@ -90,6 +93,9 @@ class Bindings:
 
     def groups_of(self, subject: str) -> frozenset[str]:
         """Every group `subject` belongs to, directly or through nested groups."""
+        known = self._groups_cache.get(subject)
+        if known is not None:
+            return known
         seen: set[str] = set()
         todo = list(self._member_of.get(subject, ()))
         while todo:
@@ -97,7 +103,11 @@ class Bindings:
             if g not in seen:
                 seen.add(g)
                 todo.extend(self._member_of.get(g, ()))
-        return frozenset(seen)
+        result = frozenset(seen)
+        # The set is immutable, so the closure never changes; a racing writer stores
+        # the same value.
+        self._groups_cache[subject] = result
+        return result
 
     def roles_for(self, subject: str, scopes: Sequence[str], now: datetime) -> frozenset[str]:
         roles: set[str] = set()

@@ -53,6 +53,8 @@ def strict_eq(a: object, b: object) -> bool:
     if ta is tb:
         if isinstance(a, list | tuple) and isinstance(b, list | tuple):
             return len(a) == len(b) and all(map(strict_eq, a, b))
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            return a.keys() == b.keys() and all(strict_eq(a[k], b[k]) for k in a)
         return a == b
     if ta is bool or tb is bool:
         return False
@@ -60,6 +62,8 @@ def strict_eq(a: object, b: object) -> bool:
         return a == b
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return len(a) == len(b) and all(map(strict_eq, a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(strict_eq(a[k], b[k]) for k in a)
     return False
 
 

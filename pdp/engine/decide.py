@@ -51,7 +51,7 @@ def decide(
             tuple(reasons),
             tuple(diagnostics),
             policy.version,
-            tuple(sorted(used)),
+            tuple(sorted(used)) if used else (),
         )
     for rule in candidates.permits:
         try:
@@ -65,7 +65,7 @@ def decide(
         tuple(reasons),
         tuple(diagnostics),
         policy.version,
-        tuple(sorted(used)),
+        tuple(sorted(used)) if used else (),
     )
 
 
@@ -180,7 +180,7 @@ def _decide_explained(policy: CompiledPolicySet, request: Request, env: Env) -> 
         tuple(reasons),
         tuple(diagnostics),
         policy.version,
-        tuple(sorted(used)),
+        tuple(sorted(used)) if used else (),
         tuple(trace),
     )
 

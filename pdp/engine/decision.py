@@ -44,12 +44,17 @@ class Decision:
     policy_version: str
     roles_used: tuple[str, ...] = ()
     trace: tuple[RuleTrace, ...] = ()
+    # The role store's revision the roles were read at; None for in-memory bindings.
+    bindings_version: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "decision": self.allowed,
             "action": self.action,
             "reasons": list(self.reasons),
             "diagnostics": [d.to_json() for d in self.diagnostics],
             "policy_version": self.policy_version,
         }
+        if self.bindings_version is not None:
+            out["bindings_version"] = self.bindings_version
+        return out

@@ -6,6 +6,7 @@ attributes are untyped JSON.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from datetime import datetime
@@ -53,9 +54,15 @@ def size(v: object) -> int:
 
 def ip_address(v: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        return ipaddress.ip_address(_str("in_cidr", v))
+        return _parse_ip(_str("in_cidr", v))
     except ValueError:
         raise EvalError("invalid_value", f"`{v}` is not an IP address") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    # Callers repeat: the same few client addresses ask again and again.
+    return ipaddress.ip_address(text)
 
 
 def network(v: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

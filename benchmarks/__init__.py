@@ -1,0 +1,1 @@
+"""Benchmarks of the engine, run with `make bench` (`python -m benchmarks.run`)."""
