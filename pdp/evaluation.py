@@ -1,7 +1,11 @@
 """One way in for answering requests: stored attributes, then roles, then the engine.
 
 The engine is pure; this module hands it what a `RoleSource` (the in-memory bindings
-or the SQL store) knows about the subject.
+or the SQL store) knows about the subject. When the store fails (for instance the
+database is down past the cache's staleness bound) every affected request is denied
+with the store error's code as diagnostic (`store_unavailable`): never allowed
+because data is missing. Sources that know their revision (`bindings_version`) have
+it copied into each decision.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from datetime import UTC, datetime
 from pdp.engine.bindings import RoleSource
 from pdp.engine.compile import CompiledPolicySet
 from pdp.engine.decide import decide, decide_all
-from pdp.engine.decision import Decision
+from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Request
+from pdp.store.errors import StoreError
 
 
 def enrich(request: Request, source: RoleSource) -> Request:
@@ -47,14 +52,35 @@ def evaluate(
         first = requests[i]
         while j < len(requests) and _same_target(first, requests[j]):
             j += 1
-        group = [enrich(r if r.now else replace(r, now=clock), source) for r in requests[i:j]]
-        roles = source.roles_for(first.subject.key, first.resource.scopes(), clock)
+        try:
+            group = [enrich(r if r.now else replace(r, now=clock), source) for r in requests[i:j]]
+            roles = source.roles_for(first.subject.key, first.resource.scopes(), clock)
+        except StoreError as exc:
+            # Fail closed: without the subject's roles and attributes nothing is allowed.
+            out.extend(_store_failed(policy, r, exc) for r in requests[i:j])
+            i = j
+            continue
         if len(group) == 1:
-            out.append(decide(policy, group[0], roles, explain=explain))
+            decided = [decide(policy, group[0], roles, explain=explain)]
         else:
-            out.extend(decide_all(policy, group, roles, explain=explain))
+            decided = decide_all(policy, group, roles, explain=explain)
+        version: str | None = getattr(source, "bindings_version", None)
+        if version is not None:
+            decided = [replace(d, bindings_version=version) for d in decided]
+        out.extend(decided)
         i = j
     return out
+
+
+def _store_failed(policy: CompiledPolicySet, request: Request, exc: StoreError) -> Decision:
+    """A deny saying why: `store_unavailable` when the database cannot be reached."""
+    return Decision(
+        request.action.name,
+        False,
+        (),
+        (Diagnostic(exc.code, exc.message),),
+        policy.version,
+    )
 
 
 def _same_target(a: Request, b: Request) -> bool:

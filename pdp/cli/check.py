@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -22,13 +22,17 @@ from pdp.cli.common import (
     print_json,
     read_input,
 )
-from pdp.engine.bindings import Bindings
+from pdp.engine.bindings import Bindings, RoleSource
 from pdp.engine.compile import compile_policy_set
 from pdp.engine.decision import Decision
 from pdp.engine.request import RequestError, parse_evaluations
 from pdp.evaluation import evaluate
 from pdp.lang.errors import render_all
 from pdp.store.document import DocumentError, load_bindings_file
+from pdp.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from pdp.store.sql import SqlStore
 
 EXAMPLE = """\
 request (JSON; `-` reads stdin):
@@ -48,12 +52,18 @@ def register(sub: Any) -> None:
         "check",
         help="decide a request offline and print the decision as JSON",
         description="Evaluate one request, or a batch with `evaluations`, against policies "
-        "and a bindings file, and print the decision(s) as JSON.",
+        "and a bindings file (or the store, with --db), and print the decision(s) as JSON.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--policies", required=True, metavar="DIR", help="policy directory or file")
-    p.add_argument("--bindings", metavar="FILE", type=existing_file, help="bindings YAML file")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--bindings", metavar="FILE", type=existing_file, help="bindings YAML file")
+    source.add_argument(
+        "--db",
+        metavar="URL",
+        help="read roles and attributes from the store at URL instead (e.g. sqlite:///pdp.db)",
+    )
     p.add_argument(
         "--request", required=True, metavar="FILE", type=existing_file, help="request JSON, or -"
     )
@@ -73,12 +83,14 @@ def run(args: argparse.Namespace) -> int:
         err.print(render_all(result.errors), markup=False)
         return EXIT_ERROR
     policy = compile_policy_set(result.policy_set)
-    try:
-        roles = {r.name.name for r in result.policy_set.roles}
-        roles |= {d.name.name for d in result.policy_set.derived_roles}
-        bindings = load_bindings_file(args.bindings, roles) if args.bindings else Bindings()
-    except DocumentError as exc:
-        return fail(f"bad bindings file:\n{exc}")
+    bindings: RoleSource = Bindings()
+    if not args.db:
+        try:
+            # Derived roles come from conditions; a binding cannot grant one.
+            roles = {r.name.name for r in result.policy_set.roles}
+            bindings = load_bindings_file(args.bindings, roles) if args.bindings else Bindings()
+        except DocumentError as exc:
+            return fail(f"bad bindings file:\n{exc}")
     try:
         data = json.loads(read_input(args.request))
     except (OSError, UnicodeDecodeError) as exc:
@@ -93,7 +105,17 @@ def run(args: argparse.Namespace) -> int:
         requests, batch = parse_evaluations(data)
     except RequestError as exc:
         return fail(f"bad request: {exc}")
-    decisions = evaluate(policy, requests, bindings, now=now, explain=args.explain)
+    store = None
+    if args.db:
+        try:
+            bindings = store = open_db(args.db)
+        except StoreError as exc:
+            return fail(escape(exc.message))
+    try:
+        decisions = evaluate(policy, requests, bindings, now=now, explain=args.explain)
+    finally:
+        if store is not None:
+            store.close()
     if args.explain:
         for request, decision in zip(requests, decisions, strict=True):
             _explain(request.subject.key, request.resource, decision)
@@ -135,3 +157,10 @@ def _explain(subject: str, resource: Any, d: Decision) -> None:
     for diag in d.diagnostics:
         out.print(f"  diagnostic[{diag.code}] {diag.rule_id or ''}: {diag.message}", markup=False)
     out.print()
+
+
+def open_db(url: str) -> SqlStore:
+    """The SQL store as an uncached role source (one query per lookup)."""
+    from pdp.store.sql import SqlStore  # lazily: only `--db` needs SQLAlchemy
+
+    return SqlStore(url)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from pdp.lang.errors import PolicyLoadError, render_all
 from pdp.lang.load import LoadResult, load_paths
@@ -28,7 +29,7 @@ def print_json(data: Any) -> None:
 
 def fail(message: str) -> int:
     """Report a problem with the user's input on stderr; return the error exit code."""
-    err.print(f"[bold red]error[/]: {message}", markup=True)
+    err.print(f"[bold red]error[/]: {escape(message)}", markup=True)
     return EXIT_ERROR
 
 
@@ -44,7 +45,9 @@ def load_policies(paths: list[str], schema_path: str | None) -> tuple[LoadResult
             schema = load_schema(schema_path)
         return load_paths(paths, schema), EXIT_OK
     except FileNotFoundError as exc:
-        return None, fail(str(exc))
+        return None, fail(
+            f"no such file or directory: {exc.filename}" if exc.filename else str(exc)
+        )
     except OSError as exc:
         return None, fail(f"cannot read {exc.filename}: {exc.strerror}")
     except PolicyLoadError as exc:  # the schema file

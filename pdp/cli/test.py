@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
     p.add_argument("dir", nargs="?", default="policies", metavar="DIR", help="default: policies")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="take roles and attributes from the store at URL instead of each suite's "
+        "`bindings` (e.g. sqlite:///pdp.db)",
+    )
     p.set_defaults(run=run)
 
 
@@ -32,7 +38,20 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"no such file or directory: {root}")
     if not discover_suites(root):
         return fail(f"no test suites (*.test.yaml) under {root}")
-    results = run_suites(root)
+    if args.db:
+        from pdp.store.errors import StoreError
+        from pdp.store.sql import SqlStore  # lazily: only `--db` needs SQLAlchemy
+
+        try:
+            store = SqlStore(args.db)
+        except StoreError as exc:
+            return fail(escape(exc.message))
+        try:
+            results = run_suites(root, bindings_override=store)
+        finally:
+            store.close()
+    else:
+        results = run_suites(root)
     if args.junit:
         Path(args.junit).write_text(junit_xml(results), encoding="utf-8")
     cases = sum(len(s.cases) for s in results)
@@ -66,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
         for c in s.cases:
             if not c.passed:
                 out.print(f"    [red]FAIL[/] {escape(c.name)}: {escape(c.message)}")
-    passed = cases - sum(not c.passed for s in results for c in s.cases)
-    summary = f"{len(results)} suite(s), {cases} case(s): {passed} passed, {failed} failed"
+    failed_cases = sum(not c.passed for s in results for c in s.cases)
+    broken = sum(1 for s in results if s.error)
+    summary = (
+        f"{len(results)} suite(s), {cases} case(s): {cases - failed_cases} passed, "
+        f"{failed_cases} failed" + (f", {broken} suite(s) could not run" if broken else "")
+    )
     out.print(("[green]" if not failed else "[red]") + summary + "[/]")
     return EXIT_ERROR if failed else EXIT_OK

@@ -32,7 +32,11 @@ def parse_subject_ref(text: str) -> tuple[str, str]:
 
 def check_scope(text: str) -> str:
     """Validate a scope: `global`, `tenant/<t>` or `<type>/<id>`."""
-    if not isinstance(text, str) or not _SCOPE_RE.match(text):
+    if (
+        not isinstance(text, str)
+        or not _SCOPE_RE.match(text)
+        or (text.startswith("tenant/") and text.count("/") != 1)
+    ):
         raise ValueError(f"`{text}` is not a scope; write `global`, `tenant/<t>` or `<type>/<id>`")
     return text
 

@@ -55,6 +55,8 @@ class CompiledPolicySet:
     actions: Mapping[str, tuple[str, ...]]  # resource type → declared actions
     roles: Mapping[str, frozenset[str]]  # role → every role it includes, itself too
     rules: Mapping[str, CompiledRule]  # id → rule
+    # Derived roles whose condition reads `action`: not shared between actions.
+    action_dependent_derived: frozenset[str] = frozenset()
 
     def rule_location(self, rule_id: str) -> str | None:
         rule = self.rules.get(rule_id)
@@ -132,7 +134,32 @@ def _compile(ps: ast.PolicySet) -> CompiledPolicySet:
         actions=MappingProxyType(actions),
         roles=MappingProxyType(closure),
         rules=MappingProxyType(rules),
+        action_dependent_derived=frozenset(
+            d.name.name for d in ps.derived_roles if _reads_action(d.condition)
+        ),
     )
+
+
+def _reads_action(expr: ast.Expr) -> bool:
+    todo: list[ast.Expr] = [expr]
+    while todo:
+        e = todo.pop()
+        match e:
+            case ast.Path(root="action"):
+                return True
+            case ast.ListExpr(items=items):
+                todo.extend(items)
+            case ast.Call(args=args):
+                todo.extend(args)
+            case ast.Not(operand=op):
+                todo.append(op)
+            case ast.BoolOp(operands=ops):
+                todo.extend(ops)
+            case ast.Compare(left=left, right=right):
+                todo.extend((left, right))
+            case ast.Has(target=target):
+                todo.append(target)
+    return False
 
 
 def _compile_rule(

@@ -80,6 +80,7 @@ def decide_all(
     if not requests:
         return []
     env = Env(requests[0], roles, policy.derived)
+    env.per_action = policy.action_dependent_derived
     return [
         decide(policy, r, roles, explain=explain, env=env if i == 0 else env.with_action(r))
         for i, r in enumerate(requests)
@@ -145,6 +146,10 @@ def _decide_explained(policy: CompiledPolicySet, request: Request, env: Env) -> 
     used: set[str] = set()
     for rule in (*candidates.forbids, *candidates.permits):
         effect = "forbid" if rule.forbid else "permit"
+        if not rule.forbid and forbid_reasons:
+            # As in the plain path: once a forbid denies, permits are not evaluated.
+            trace.append(RuleTrace(rule.id, effect, rule.where, None, "skipped: denied", False))
+            continue
         try:
             role = _role_match(rule, env)
         except EvalError as exc:
@@ -170,8 +175,8 @@ def _decide_explained(policy: CompiledPolicySet, request: Request, env: Env) -> 
         trace.append(RuleTrace(rule.id, effect, rule.where, role, outcome, applied))
         if applied:
             (forbid_reasons if rule.forbid else permit_reasons).append(rule.id)
-            if role != "any":
-                used.add(role)
+            if rule.roles is not None:
+                used.update(rule.roles & env.roles or {role})
     reasons = forbid_reasons or permit_reasons
     allowed = not forbid_reasons and bool(permit_reasons)
     return Decision(

@@ -26,6 +26,7 @@ class Env:
         "roles",
         "derived",
         "derived_conditions",
+        "per_action",
         "_now",
     )
 
@@ -47,12 +48,15 @@ class Env:
         # Derived roles already evaluated for this request: name → held, or the error.
         self.derived: dict[str, bool | Exception] = {}
         self.derived_conditions = derived_conditions
+        self.per_action: frozenset[str] = frozenset()
         self._now = request.now
 
     def with_action(self, request: Request) -> Env:
         """The same state for another action of the same subject and resource."""
         env = Env(request, self.roles, self.derived_conditions)
-        env.derived = self.derived
+        # A derived role whose condition reads `action` must be evaluated per action.
+        env.derived = {k: v for k, v in self.derived.items() if k not in self.per_action}
+        env.per_action = self.per_action
         env._now = self._now
         return env
 

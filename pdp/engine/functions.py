@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pdp.engine.errors import EvalError, type_error
@@ -75,6 +75,8 @@ def network(v: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 def in_cidr(ip: object, cidr: object) -> bool:
     net = cidr if isinstance(cidr, ipaddress.IPv4Network | ipaddress.IPv6Network) else network(cidr)
     addr = ip_address(ip)
+    if addr.version == 6 and net.version == 4 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # `::ffff:10.0.0.1` is the IPv4 client 10.0.0.1
     return addr.version == net.version and addr in net
 
 
@@ -96,11 +98,11 @@ def time(v: object) -> datetime:
 
 
 def hour(t: object) -> int:
-    return _time("hour", t).hour
+    return _time("hour", t).astimezone(UTC).hour
 
 
 def weekday(t: object) -> int:
-    return _time("weekday", t).isoweekday()
+    return _time("weekday", t).astimezone(UTC).isoweekday()
 
 
 def days_between(a: object, b: object) -> float:

@@ -30,6 +30,10 @@ _TERMINAL_WORDS = {
     "$END": "end of file",
 }
 
+# Tree nodes that nest expressions; parentheses leave none and are counted before parsing.
+_EXPRESSION_NODES = frozenset(
+    ("or_expr", "and_expr", "not_op", "compare", "in_op", "contains_op", "has_op", "call", "list")
+)
 _STATEMENT_KEYWORDS = frozenset(("role", "derived", "resource", "actions", "permit", "forbid"))
 
 # Lines where a declaration or rule starts: error recovery resumes at the next one.
@@ -170,11 +174,12 @@ def _check_nesting(src: SourceFile) -> list[PolicyError]:
 def _too_deep(src: SourceFile, tree: Tree[Token]) -> PolicyError | None:
     """Find expressions nested past the limit (e.g. `not not not ...`), without recursion."""
     # Declarations take a few levels above any expression.
-    limit = MAX_NESTING * 2 + 8
-    stack: list[tuple[Tree[Token], int]] = [(tree, 1)]
+    stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
     while stack:
         node, depth = stack.pop()
-        if depth > limit:
+        if node.data in _EXPRESSION_NODES:
+            depth += 1
+        if depth > MAX_NESTING:
             meta = node.meta
             loc = SourceLoc(src.name, meta.line, meta.column, meta.line, meta.column + 1)
             return PolicyError(
@@ -184,7 +189,7 @@ def _too_deep(src: SourceFile, tree: Tree[Token]) -> PolicyError | None:
                 help="split the condition into derived roles or simpler tests",
                 source_line=src.line_text(meta.line),
             )
-        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
+        stack.extend((c, depth) for c in node.children if isinstance(c, Tree))
     return None
 
 
@@ -218,7 +223,6 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
     prev = exc.token_history[-1] if exc.token_history else None
     if (
         prev is not None
-        and prev.type == "NAME"
         and str(prev) in _STATEMENT_KEYWORDS
         and prev.line is not None
         and prev.column is not None
@@ -237,7 +241,7 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
             source_line=src.line_text(prev.line),
         )
     if token.type == "$END":
-        return _unexpected_end(src, exc.expected)
+        return _unexpected_end(src, _accepts(exc))
     width = len(str(token)) if "\n" not in str(token) else 1
     if token.type == "NAME" and str(token) in ("permit", "forbid") and "RESOURCE" in exc.expected:
         return PolicyError(
@@ -252,9 +256,18 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
         "unexpected_token",
         f"unexpected {_describe_token(token)}",
         loc,
-        help=_expected_help(exc.expected),
+        help=_expected_help(_accepts(exc)),
         source_line=source_line,
     )
+
+
+def _accepts(exc: UnexpectedToken) -> Iterable[str]:
+    """What could really come next: LALR's `expected` holds merged lookaheads."""
+    try:
+        accepts = exc.accepts
+    except Exception:  # the interactive parser may be gone; fall back to the coarse set
+        accepts = None
+    return accepts or exc.expected
 
 
 def _unexpected_end(src: SourceFile, expected: Iterable[str] | None) -> PolicyError:

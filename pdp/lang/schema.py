@@ -36,7 +36,12 @@ class Schema:
 def load_schema(path: str | Path) -> Schema:
     """Read a schema file; raise `PolicyLoadError` naming the line of every problem."""
     name = str(path)
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyLoadError(
+            [PolicyError("invalid_encoding", f"schema files must be UTF-8 ({exc.reason})", None)]
+        ) from None
     errors: list[PolicyError] = []
 
     def err(node: yaml.Node | None, code: str, msg: str, help: str | None = None) -> None:
@@ -64,6 +69,7 @@ def load_schema(path: str | Path) -> Schema:
                     "schema_syntax",
                     f"schema is not valid YAML: {getattr(exc, 'problem', exc)}",
                     loc,
+                    source_line=text.split("\n")[loc.line - 1] if loc else "",
                 )
             ]
         ) from None
@@ -113,5 +119,7 @@ def load_schema(path: str | Path) -> Schema:
     }
     context = attrs(sections["context"], "`context`") if "context" in sections else {}
     if errors:
-        raise PolicyLoadError(errors)
+        raise PolicyLoadError(
+            sorted(errors, key=lambda e: (e.loc.line, e.loc.column) if e.loc else (0, 0))
+        )
     return Schema(subjects, resources, context)

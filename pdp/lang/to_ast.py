@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -58,16 +59,18 @@ class _Builder(Transformer[Token, Any]):
             esc = m.group(1)
             if esc in _ESCAPES:
                 return _ESCAPES[esc]
+            message = f"unknown escape sequence `\\{esc}` in string"
             if esc.startswith("u{"):
                 code = int(esc[2:-1], 16)
                 if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
                     return chr(code)
+                message = f"`\\{esc}` is not a Unicode character"
             col = (tok.column or 1) + 1 + m.start()
             line = tok.line or 1
             self.errors.append(
                 PolicyError(
                     "invalid_escape",
-                    f"unknown escape sequence `\\{esc}` in string",
+                    message,
                     SourceLoc(self.src.name, line, col, line, col + 1 + len(esc)),
                     help='known escapes: `\\"` `\\\\` `\\n` `\\t` `\\r` `\\0` `\\u{1F600}`',
                     source_line=self.src.line_text(line),
@@ -131,8 +134,12 @@ class _Builder(Transformer[Token, Any]):
         rest = [c for c in children if not isinstance(c, ast.Annotation)]
         effect_tok, roles, actions, *clauses = rest
         clause = dict(clauses)
-        loc = self._loc(meta)
         effect_loc = self._tok_loc(effect_tok)
+        # The rule is located at `permit`/`forbid`, as its automatic id is, not at
+        # its first annotation.
+        loc = SourceLoc(
+            self.src.name, effect_loc.line, effect_loc.column, meta.end_line, meta.end_column
+        )
         rule_id = next((a.value for a in annotations if a.name.name == "id"), None)
         return ast.Rule(
             id=rule_id if rule_id is not None else effect_loc.short,
@@ -190,8 +197,25 @@ class _Builder(Transformer[Token, Any]):
             value = True
         elif tok.type == "FALSE":
             value = False
-        elif any(c in tok for c in ".eE"):
-            value = float(tok)
         else:
-            value = int(tok)
+            value = self._number(tok)
         return ast.Literal(value, loc)
+
+    def _number(self, tok: Token) -> int | float:
+        try:
+            value: int | float = float(tok) if any(c in tok for c in ".eE") else int(tok)
+        except ValueError:  # Python refuses int literals over 4300 digits
+            value = math.inf
+        if not math.isfinite(value):
+            loc = self._tok_loc(tok)
+            self.errors.append(
+                PolicyError(
+                    "invalid_number",
+                    "number is too large",
+                    loc,
+                    help="numbers must fit in a 64-bit float",
+                    source_line=self.src.line_text(loc.line),
+                )
+            )
+            return 0
+        return value

@@ -17,6 +17,11 @@ from pdp.lang.source import SourceLoc
 from pdp.lang.times import parse_time
 
 KNOWN_ANNOTATIONS = ("id", "description", "owner")
+# Words of the language; as names they would make rules read ambiguously.
+RESERVED = frozenset(
+    "role derived on when unless resource actions permit forbid any to and or not in "
+    "contains has true false subject context action".split()
+)
 _BUILTIN_ATTRS = {"subject": ("id", "type"), "resource": ("id", "type"), "action": ("name",)}
 _NUMERIC = ("int", "float", "number")
 
@@ -66,12 +71,7 @@ class _Validator:
                     help=f"first declared at {first.name.loc}" if first.name.loc else None,
                 )
                 continue
-            if decl.name.name == "any":
-                self.error(
-                    "reserved_name",
-                    "`any` is reserved for rules that apply to everyone",
-                    decl.name.loc,
-                )
+            self._check_not_reserved(decl.name, "a role")
             roles[decl.name.name] = decl
         derived_names = {d.name.name for d in self.ps.derived_roles}
         for decl in roles.values():
@@ -92,6 +92,15 @@ class _Validator:
                     )
         self._check_cycles(roles)
         return roles
+
+    def _check_not_reserved(self, name: ast.Ident, what: str) -> None:
+        if name.name in RESERVED:
+            self.error(
+                "reserved_name",
+                f"`{name.name}` is a keyword and cannot name {what}",
+                name.loc,
+                help="choose another name",
+            )
 
     def _check_cycles(self, roles: dict[str, ast.RoleDecl]) -> None:
         graph = {name: [i.name for i in decl.includes] for name, decl in roles.items()}
@@ -120,6 +129,9 @@ class _Validator:
                 )
                 continue
             resources[res.name.name] = res
+            self._check_not_reserved(res.name, "a resource type")
+            for action in res.actions:
+                self._check_not_reserved(action, "an action")
             if not res.actions:
                 self.error(
                     "no_actions",
@@ -163,6 +175,7 @@ class _Validator:
                 )
                 continue
             derived[(name, rtype)] = d
+            self._check_not_reserved(d.name, "a derived role")
             self._check_condition(d.condition, _Scope(rtype))
         return derived
 
@@ -181,7 +194,13 @@ class _Validator:
                         "duplicate_rule_id",
                         f"rule id `{rule.id}` is used twice",
                         _id_loc(rule),
-                        help=f"first used at {first.loc.short if first.loc else '?'}",
+                        help=f"first used at {first.loc.short if first.loc else '?'}"
+                        + (
+                            "; rules without `@id` are named `file:line`: give each its own "
+                            "line or an `@id`"
+                            if rule.id == (rule.loc.short if rule.loc else None)
+                            else ""
+                        ),
                     )
                 else:
                     ids[rule.id] = rule
@@ -324,6 +343,7 @@ class _Validator:
                     loc,
                 )
         elif op in ("<", "<=", ">", ">="):
+            bad_side = False
             for t, side in ((lt, left), (rt, right)):
                 if t not in ("any", "string", "time", *_NUMERIC):
                     self.error(
@@ -331,8 +351,9 @@ class _Validator:
                         f"`{op}` compares numbers, strings or times, not {_a(t)}",
                         side.loc,
                     )
+                    bad_side = True
             ordered = {lt, rt} - {"any"}
-            if len(ordered) == 2 and not ordered <= set(_NUMERIC):
+            if not bad_side and len(ordered) == 2 and not ordered <= set(_NUMERIC):
                 self.error("type_mismatch", f"`{op}` cannot compare {_a(lt)} with {_a(rt)}", loc)
         elif op == "in":
             if rt not in ("list", "any"):

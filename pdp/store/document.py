@@ -52,6 +52,8 @@ def load_bindings_file(path: str | Path, known_roles: Collection[str] | None = N
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise DocumentError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise DocumentError(str(path), [f"bindings files must be UTF-8 ({exc.reason})"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -91,7 +93,7 @@ def parse_bindings(
         if key:
             if key in subjects:
                 problems.append(f"{where}.id: subject `{key}` is listed twice")
-            subjects[key] = {str(k): _plain(v) for k, v in attrs.items()}
+            subjects[key] = {str(k): plain_value(v) for k, v in attrs.items()}
 
     groups: dict[str, frozenset[str]] = {}
     for i, item in enumerate(_list(data, "groups", problems)):
@@ -102,6 +104,7 @@ def parse_bindings(
         key = _subject(item.get("id"), f"{where}.id", problems)
         if key and not key.startswith("group:"):
             problems.append(f"{where}.id: `{key}` is not a group; group ids are `group:<name>`")
+            continue
         members = item.get("members") or []
         if not isinstance(members, list):
             problems.append(f"{where}.members: must be a list of `type:id`")
@@ -124,7 +127,11 @@ def parse_bindings(
         key = _subject(item.get("subject"), f"{where}.subject", problems)
         role = item.get("role")
         if not isinstance(role, str) or not role:
-            problems.append(f"{where}.role: is required")
+            problems.append(
+                f"{where}.role: is required"
+                if role is None
+                else f"{where}.role: must be a role name"
+            )
             continue
         if known_roles is not None and role not in known_roles:
             hint = did_you_mean(role, known_roles)
@@ -201,12 +208,12 @@ def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _plain(v: object) -> Any:
+def plain_value(v: object) -> Any:
     """YAML scalars that JSON lacks (dates) become ISO strings, as a request would send them."""
     if isinstance(v, datetime | date):
         return v.isoformat()
     if isinstance(v, list):
-        return [_plain(x) for x in v]
+        return [plain_value(x) for x in v]
     if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain_value(x) for k, x in v.items()}
     return v

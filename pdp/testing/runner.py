@@ -34,14 +34,14 @@ from typing import Any
 
 import yaml
 
-from pdp.engine.bindings import Bindings
+from pdp.engine.bindings import Bindings, RoleSource
 from pdp.engine.compile import CompiledPolicySet, compile_policy_set
 from pdp.engine.request import Request, RequestError, parse_request
 from pdp.evaluation import evaluate
 from pdp.lang.errors import PolicyError, did_you_mean
 from pdp.lang.load import LoadResult, load_paths, load_texts
 from pdp.lang.times import to_time
-from pdp.store.document import DocumentError, load_bindings_file, parse_bindings
+from pdp.store.document import DocumentError, load_bindings_file, parse_bindings, plain_value
 
 SUITE_SUFFIX = ".test.yaml"
 _EXPECT = {"allow": True, "deny": False, True: True, False: False}
@@ -78,8 +78,12 @@ def discover_suites(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob(f"*{SUITE_SUFFIX}") if p.is_file())
 
 
-def run_suites(root: Path, *, bindings_override: Bindings | None = None) -> list[SuiteResult]:
-    """Run every suite under `root` (a directory, or one suite file)."""
+def run_suites(root: Path, *, bindings_override: RoleSource | None = None) -> list[SuiteResult]:
+    """Run every suite under `root` (a directory, or one suite file).
+
+    `bindings_override` (e.g. the SQL store for `pdp test --db`) replaces every
+    suite's own `bindings`.
+    """
     policy_cache: dict[Path, LoadResult] = {}
     default_policies = root if root.is_dir() else root.parent
     return [
@@ -92,7 +96,7 @@ def run_suite(
     path: Path,
     default_policies: Path,
     policy_cache: dict[Path, LoadResult] | None = None,
-    bindings_override: Bindings | None = None,
+    bindings_override: RoleSource | None = None,
 ) -> SuiteResult:
     """Run one suite file; a malformed suite is reported as the suite's error."""
     result = SuiteResult(str(path), path.name)
@@ -101,7 +105,9 @@ def run_suite(
         if not isinstance(data, Mapping):
             raise SuiteError("a suite must be a mapping with `cases`")
         result.name = str(data.get("name") or path.name)
-        loaded = _load_policies(path, data, default_policies, policy_cache or {})
+        loaded = _load_policies(
+            path, data, default_policies, {} if policy_cache is None else policy_cache
+        )
         if "expect_errors" in data:
             result.cases.append(_check_expected_errors(result.name, loaded, data["expect_errors"]))
             return result
@@ -112,7 +118,11 @@ def run_suite(
         policy = compile_policy_set(loaded.policy_set)
         ps = loaded.policy_set
         grantable = {r.name.name for r in ps.roles}
-        bindings = bindings_override or _bindings(path, data.get("bindings"), grantable)
+        bindings = (
+            bindings_override
+            if bindings_override is not None
+            else _bindings(path, data.get("bindings"), grantable)
+        )
         now = _now(data.get("now"))
         subjects = _fixtures(data, "subjects")
         resources = _fixtures(data, "resources")
@@ -146,6 +156,8 @@ def _check_expected_errors(suite: str, loaded: LoadResult, expected: object) -> 
     if not isinstance(expected, list):
         raise SuiteError("`expect_errors` must be a list of {code, line, column}")
     got = [_error_key(e) for e in loaded.problems]
+    if not all(isinstance(e, Mapping) for e in expected):
+        raise SuiteError("each of `expect_errors` must be a mapping such as {code: ..., line: ...}")
     want = [
         {k: v for k, v in e.items() if k in ("code", "line", "column", "message", "severity")}
         for e in expected
@@ -191,7 +203,9 @@ def _fixtures(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = data.get(key) or {}
     if not isinstance(value, Mapping):
         raise SuiteError(f"`{key}` must map fixture names to {key[:-1]}s")
-    return value
+    # Unquoted YAML dates become ISO strings, as a JSON request would carry them.
+    result: Mapping[str, Any] = plain_value(value)
+    return result
 
 
 def _run_case(
@@ -199,7 +213,7 @@ def _run_case(
     index: int,
     case: object,
     policy: CompiledPolicySet,
-    bindings: Bindings,
+    bindings: RoleSource,
     now: datetime | None,
     subjects: Mapping[str, Any],
     resources: Mapping[str, Any],
@@ -214,12 +228,12 @@ def _run_case(
             raise SuiteError("`expect` must map actions to allow or deny")
         requests = []
         for action, want in expect.items():
-            if want not in _EXPECT:
+            if not isinstance(want, str | bool) or want not in _EXPECT:
                 raise SuiteError(f"`expect.{action}`: write allow or deny, not `{want}`")
             base = {
                 "subject": _fixture(case.get("subject"), subjects, "subject"),
                 "resource": _fixture(case.get("resource"), resources, "resource"),
-                "context": case.get("context") or {},
+                "context": plain_value(case.get("context") or {}),
                 "action": {"name": str(action), "properties": case.get("action_properties") or {}},
             }
             requests.append(parse_request(base))
@@ -268,7 +282,7 @@ def _fixture(value: object, fixtures: Mapping[str, Any], kind: str) -> object:
         return fixtures[value]
     if value is None:
         raise SuiteError(f"`{kind}` is required")
-    return value
+    return plain_value(value)
 
 
 def _word(allowed: bool) -> str:

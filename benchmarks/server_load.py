@@ -1,0 +1,356 @@
+"""Load on the real gRPC server: single checks, batches of 100, and an echo floor.
+
+The PDP (`pdp serve` on the example policies and bindings) and a bare echo server
+built the same way (`benchmarks.server_echo`) run as their own processes on
+loopback; this process is the load generator: asyncio gRPC clients with a fixed
+number of calls in flight and a bounded number of calls. For each scenario:
+calls/s, decisions/s, p50/p99 latency, and the server's CPU time per call, read
+from /proc/<pid>/stat before and after (so the client's own CPU is not counted).
+
+Goals (issue 4): a check costs at most 1.25x the echo call's server CPU, and a batch
+of 100 evaluations gives at least 20x the single check's decisions per second.
+
+    python -m benchmarks.server_load [--calls N] [--concurrency C] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from benchmarks.timing import Outcome
+from pdp.client import check_request, evaluations_request
+from pdp.v1 import decision_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+HEADING = "## gRPC server (benchmarks/server_load.py)"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+SUBJECT = {"type": "user", "id": "bob"}
+DOCUMENT = {
+    "type": "document",
+    "id": "42",
+    "properties": {"tenant": "acme", "owner": "frank", "public": False},
+    "ancestors": ["folder/7", "folder/1"],
+}
+ACTIONS = ("read", "update", "delete", "share")
+
+
+def check_bytes() -> bytes:
+    return check_request(SUBJECT, ["read"], DOCUMENT, {"ip": "10.1.2.3"}).SerializeToString()
+
+
+def batch_bytes(n: int = 100, *, one_resource: bool) -> bytes:
+    """100 evaluations of one subject: on one document (actions vary), or each on its
+    own document (a list being filtered), the case that shares nothing."""
+    if one_resource:
+        evals: list[dict[str, object]] = [{"action": ACTIONS[i % len(ACTIONS)]} for i in range(n)]
+        req = evaluations_request(
+            evals, subject=SUBJECT, resource=DOCUMENT, context={"ip": "10.1.2.3"}
+        )
+    else:
+        evals = [
+            {"action": ACTIONS[i % len(ACTIONS)], "resource": {**DOCUMENT, "id": str(100 + i)}}
+            for i in range(n)
+        ]
+        req = evaluations_request(evals, subject=SUBJECT, context={"ip": "10.1.2.3"})
+    return req.SerializeToString()
+
+
+@dataclass
+class Result:
+    name: str
+    calls: int
+    decisions_per_call: int
+    seconds: float
+    latencies: list[float]
+    server_cpu: float  # seconds of server CPU (user + system) over the run
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds
+
+    @property
+    def decisions_per_s(self) -> float:
+        return self.calls * self.decisions_per_call / self.seconds
+
+    def pct(self, p: float) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
+
+    @property
+    def cpu_us_per_call(self) -> float:
+        return self.server_cpu / self.calls * 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` (Linux /proc), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def start(args: list[str]) -> tuple[subprocess.Popen[str], int, int]:
+    """Start a server process; wait for its `listening on HOST:PORT, pid N` line."""
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"listening on [^ ]+:(\d+).*pid (\d+)", line)
+        if m:
+            return proc, int(m.group(1)), int(m.group(2))
+    proc.kill()
+    raise RuntimeError(f"server did not start: {' '.join(args)}")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+async def load(
+    target: str, method: str, payload: bytes, calls: int, concurrency: int
+) -> tuple[float, list[float], bytes]:
+    """Send `payload` `calls` times with `concurrency` in flight; (seconds, latencies, last)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+        last = await call(payload, timeout=10)  # connect and warm up
+        for _ in range(min(200, calls)):
+            await call(payload, timeout=10)
+        latencies: list[float] = []
+        remaining = calls
+
+        async def worker() -> None:
+            nonlocal remaining, last
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                last = await call(payload, timeout=10)
+                latencies.append(time.perf_counter() - t0)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - t, latencies, last
+
+
+def measure(
+    name: str,
+    target: str,
+    pid: int,
+    method: str,
+    payload: bytes,
+    calls: int,
+    concurrency: int,
+    per_call: int,
+) -> tuple[Result, bytes]:
+    cpu0 = cpu_seconds(pid)
+    seconds, latencies, last = asyncio.run(load(target, method, payload, calls, concurrency))
+    cpu = cpu_seconds(pid) - cpu0
+    # The warm-up calls are in the CPU figure too; count them (their latency is not kept).
+    warm = 1 + min(200, calls)
+    result = Result(name, calls, per_call, seconds, latencies, cpu * calls / (calls + warm))
+    return result, last
+
+
+def run(calls: int, concurrency: int, rounds: int, threads: int) -> dict[str, list[Result]]:
+    check = check_bytes()
+    batches = {
+        "batch of 100, one document": batch_bytes(one_resource=True),
+        "batch of 100, 100 documents": batch_bytes(one_resource=False),
+    }
+    pdp, pdp_port, pdp_pid = start(
+        [
+            "-m",
+            "pdp.cli.main",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--policies",
+            "policies",
+            "--bindings-file",
+            "examples/bindings.yaml",
+            "--log-level",
+            "warning",
+            "--set",
+            f"threads={threads}",
+        ]
+    )
+    echo, echo_port, echo_pid = start(["-m", "benchmarks.server_echo", "--threads", str(threads)])
+    results: dict[str, list[Result]] = {}
+    try:
+        pdp_target, echo_target = f"127.0.0.1:{pdp_port}", f"127.0.0.1:{echo_port}"
+        # Wait until the PDP has loaded its policies.
+        deadline = time.monotonic() + 30
+        with grpc.insecure_channel(pdp_target) as ch:
+            info = ch.unary_unary(
+                "/pdp.v1.DecisionService/ServerInfo",
+                request_serializer=pb.ServerInfoRequest.SerializeToString,
+                response_deserializer=pb.ServerInfoResponse.FromString,
+            )
+            while not info(pb.ServerInfoRequest(), timeout=5).policy_version:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the PDP did not load its policies")
+                time.sleep(0.1)
+        batch_calls = max(20, calls // 20)
+        for _ in range(rounds):
+            # Interleaved rounds: all three see the same machine noise.
+            r, _ = measure(
+                "echo", echo_target, echo_pid, "/bench.Echo/Echo", check, calls, concurrency, 0
+            )
+            results.setdefault("echo", []).append(r)
+            r, last = measure(
+                "check",
+                pdp_target,
+                pdp_pid,
+                "/pdp.v1.DecisionService/Check",
+                check,
+                calls,
+                concurrency,
+                1,
+            )
+            resp = pb.CheckResponse.FromString(last)
+            assert len(resp.decisions) == 1 and resp.decisions[0].decision, resp
+            results.setdefault("check", []).append(r)
+            for name, batch in batches.items():
+                r, last = measure(
+                    name,
+                    pdp_target,
+                    pdp_pid,
+                    "/pdp.v1.DecisionService/Evaluations",
+                    batch,
+                    batch_calls,
+                    concurrency,
+                    100,
+                )
+                bresp = pb.EvaluationsResponse.FromString(last)
+                assert len(bresp.decisions) == 100, len(bresp.decisions)
+                assert not any(d.diagnostics for d in bresp.decisions), bresp.decisions[0]
+                results.setdefault(name, []).append(r)
+    finally:
+        stop(pdp)
+        stop(echo)
+    return results
+
+
+def median_round(rounds: list[Result]) -> Result:
+    """The round with the median server CPU per call."""
+    return sorted(rounds, key=lambda r: r.cpu_us_per_call)[len(rounds) // 2]
+
+
+def per_round_ratio(num: list[Result], den: list[Result], cpu: bool) -> float:
+    """Median over rounds of a ratio taken within each round (both saw the same noise)."""
+    ratios = [
+        (a.cpu_us_per_call / b.cpu_us_per_call) if cpu else (a.decisions_per_s / b.decisions_per_s)
+        for a, b in zip(num, den, strict=True)
+    ]
+    return statistics.median(ratios)
+
+
+def report(
+    rounds: dict[str, list[Result]], concurrency: int, threads: int
+) -> tuple[str, float, float, float]:
+    results = [median_round(rs) for rs in rounds.values()]
+    check = rounds["check"]
+    cpu_ratio = per_round_ratio(check, rounds["echo"], cpu=True)
+    one = per_round_ratio(rounds["batch of 100, one document"], check, cpu=False)
+    many = per_round_ratio(rounds["batch of 100, 100 documents"], check, cpu=False)
+    lines = [
+        HEADING,
+        "",
+        f"Loopback, {os.cpu_count()} CPUs, one server process each ({threads} threads), "
+        f"{concurrency} calls in "
+        "flight from an asyncio load generator in its own process. Server CPU is the "
+        "server process's user+system time over the run divided by the calls. "
+        f"{len(check)} interleaved rounds: the table shows each scenario's median round, "
+        "the ratios are medians of ratios taken within a round. Request: one subject, "
+        "document 42 with two ancestors, one "
+        "context attribute. The batches have one subject; the first asks 100 actions on "
+        "one document, the second one action on each of 100 documents (nothing shared "
+        "but the subject). Every decision was checked for diagnostics.",
+        "",
+        "| scenario | calls/s | decisions/s | p50 ms | p99 ms | server CPU µs/call |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.calls_per_s:,.0f} | "
+            f"{r.decisions_per_s:,.0f} | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} | "
+            f"{r.cpu_us_per_call:,.0f} |"
+        )
+    lines += [
+        "",
+        f"- check / echo server CPU per call: **{cpu_ratio:.2f}×** "
+        f"(goal ≤ 1.25×: {'met' if cpu_ratio <= 1.25 else 'not met'})",
+        f"- batch of 100 on one document / single check, decisions per second: "
+        f"**{one:.1f}×** (goal ≥ 20×: {'met' if one >= 20 else 'not met'})",
+        f"- batch of 100 on 100 documents / single check, decisions per second: "
+        f"**{many:.1f}×** (goal ≥ 20×: {'met' if many >= 20 else 'not met'})",
+        "",
+    ]
+    return "\n".join(lines), cpu_ratio, one, many
+
+
+def write_section(text: str) -> None:
+    """Replace this benchmark's section of RESULTS.md (others own the other sections)."""
+    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
+    start = old.find(HEADING)
+    if start == -1:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(HEADING))
+        new = old[:start] + text + (old[end + 1 :] if end != -1 else "")
+    RESULTS.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> Outcome:
+    parser = argparse.ArgumentParser(description="gRPC server load benchmark")
+    parser.add_argument("--calls", type=int, default=4000, help="single calls per round")
+    parser.add_argument("--concurrency", type=int, default=8, help="calls in flight")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=16, help="server threads (both servers)")
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args(argv if argv is not None else [])
+    results = run(args.calls, args.concurrency, args.rounds, args.threads)
+    text, cpu_ratio, one, many = report(results, args.concurrency, args.threads)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+    return Outcome(
+        True,
+        (
+            f"check/echo server CPU {cpu_ratio:.2f}x (goal <= 1.25x)",
+            f"batch of 100 vs check decisions/s: one document {one:.1f}x, "
+            f"100 documents {many:.1f}x (goal >= 20x)",
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

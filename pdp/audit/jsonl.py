@@ -1,0 +1,342 @@
+"""The JSON Lines sink: one directory, one chain per writer, rotated by size and time.
+
+Layout of an audit directory (the default is `pdp-audit/` next to the SQLite store)::
+
+    pdp-audit/
+      <chain>.jsonl                    the segment being written
+      <chain>.000000000001.jsonl       closed segments, named by their first `seq`
+      <chain>.000000052113.jsonl
+      <chain>.lock                     held (flock) by the one process writing <chain>
+
+Closed segments sort by name in chain order, the open one comes last, so search and
+verify read a chain front to back without an index. A batch is written with one
+`write` and made durable with `fdatasync` before `write_batch` returns. A process
+killed in the middle of a write can leave a last line without its newline; such a
+batch was never acknowledged, so `head` cuts it off when the chain is opened again.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdp.audit.record import DecisionRecord, RecordError, parse_line
+from pdp.audit.sink import ChainHead, SinkError
+
+log = logging.getLogger("pdp.audit")
+
+SUFFIX = ".jsonl"
+CHAIN_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_SEGMENT_RE = re.compile(r"^([A-Za-z0-9_-]{1,100})(?:\.(\d{12}))?\.jsonl$")
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_ROTATE_SECONDS = 86_400  # a new segment each UTC day
+
+
+def check_chain(name: str) -> str:
+    """A chain name usable as a file name; ValueError otherwise."""
+    if not CHAIN_RE.match(name):
+        raise ValueError(f"`{name}` is not a chain name: use 1 to 100 letters, digits, `-` or `_`")
+    return name
+
+
+def safe_chain(text: str) -> str:
+    """`text` (e.g. a host name) made into a chain name."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:100]
+    return cleaned or "pdp"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    path: Path
+    chain: str
+    first_seq: int | None  # None for the open segment
+
+
+def segments(path: str | Path) -> dict[str, list[Segment]]:
+    """Chain → its segments in chain order, for an audit directory or a single file.
+
+    A file given directly is read on its own (a copy, a segment someone moved), as
+    the chain its name says, or `-` when the name is not a segment name.
+    """
+    p = Path(path)
+    if p.is_file():
+        m = _SEGMENT_RE.match(p.name)
+        chain = m.group(1) if m else "-"
+        return {chain: [Segment(p, chain, int(m.group(2)) if m and m.group(2) else None)]}
+    if not p.is_dir():
+        raise FileNotFoundError(f"no audit log at {p} (no such file or directory)")
+    found: dict[str, list[Segment]] = {}
+    for child in p.iterdir():
+        m = _SEGMENT_RE.match(child.name)
+        if m and child.is_file():
+            seq = int(m.group(2)) if m.group(2) else None
+            found.setdefault(m.group(1), []).append(Segment(child, m.group(1), seq))
+    for segs in found.values():
+        # Closed segments by first seq, the open one last.
+        segs.sort(key=lambda s: (s.first_seq is None, s.first_seq or 0))
+    return dict(sorted(found.items()))
+
+
+def read_lines(path: Path, *, complete_only: bool = True) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text) of each line; a last line without newline is skipped.
+
+    A last line without its newline is a batch still being written (or one that a
+    crash cut, which the writer removes when it reopens the chain): not a record yet.
+    """
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
+                if complete_only:
+                    return
+            yield n, raw.rstrip(b"\r\n").decode("utf-8", "replace")
+
+
+class JsonlSink:
+    """Appends sealed records to `<directory>/<chain>.jsonl`, rotating segments.
+
+    `max_bytes`: start a new segment before a batch would grow the open one past this.
+    `rotate_seconds`: start a new segment when a record falls in a later period
+    (periods are aligned to the Unix epoch, so 86400 means each UTC day). One chain
+    per sink; the chain is opened (and locked) by the first `head` call.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        rotate_seconds: float = DEFAULT_ROTATE_SECONDS,
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.rotate_us = int(rotate_seconds * 1_000_000)
+        self.chain: str | None = None
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._size = 0
+        self._first_seq: int | None = None  # of the open segment
+        self._period: int | None = None  # of the open segment's first record
+        self._last = ChainHead(0, "")
+
+    @property
+    def active_path(self) -> Path:
+        assert self.chain is not None
+        return self.directory / f"{self.chain}{SUFFIX}"
+
+    # --- the protocol -------------------------------------------------------------------
+
+    def head(self, chain: str) -> ChainHead | None:
+        check_chain(chain)
+        if self.chain is not None and chain != self.chain:
+            raise SinkError(f"this sink writes chain `{self.chain}`, not `{chain}`")
+        try:
+            self._open(chain)
+            return self._find_head()
+        except OSError as exc:
+            self._close_files()
+            raise SinkError(f"audit log {self.directory}: {_reason(exc)}") from None
+
+    def write_batch(self, records: Sequence[DecisionRecord], lines: Sequence[str]) -> None:
+        if self._fd is None:
+            raise SinkError("the audit log is not open (head() was not called or failed)")
+        if not records:
+            return
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        try:
+            if self._size and self._due(records[0], len(data)):
+                self._rotate()
+            start = self._size
+            try:
+                _write_all(self._fd, data)
+                os.fdatasync(self._fd)
+            except OSError:
+                # Leave no half batch behind: it will not be acknowledged.
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    self._fd_broken()
+                raise
+        except OSError as exc:
+            raise SinkError(
+                f"cannot write the audit log {self.active_path}: {_reason(exc)}"
+            ) from None
+        if not self._size:
+            self._first_seq, self._period = records[0].seq, self._period_of(records[0])
+        self._size = start + len(data)
+        self._last = ChainHead(records[-1].seq, records[-1].hash)
+
+    def close(self) -> None:
+        self._close_files()
+
+    # --- steps --------------------------------------------------------------------------
+
+    def _open(self, chain: str) -> None:
+        if self._fd is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            fd = os.open(self.directory / f"{chain}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise SinkError(
+                    f"audit log {self.directory / (chain + SUFFIX)} is being written by another "
+                    "process; give each server (and each worker) its own chain or directory"
+                ) from None
+            self._lock_fd = fd
+        self.chain = chain
+        self._fd = os.open(self.active_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+        self._size = os.fstat(self._fd).st_size
+        self._repair()
+
+    def _repair(self) -> None:
+        """Cut a last line that has no newline: a batch that a crash interrupted."""
+        assert self._fd is not None
+        if not self._size:
+            return
+        tail_len = min(self._size, 1 << 20)
+        tail = os.pread(self._fd, tail_len, self._size - tail_len)
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        keep = (self._size - tail_len + cut + 1) if cut >= 0 else 0
+        if cut < 0 and tail_len < self._size:
+            raise SinkError(f"{self.active_path}: last line longer than 1 MiB and unfinished")
+        log.warning(
+            "audit log %s: removing %d bytes of a record that was being written when the "
+            "process stopped (it was never acknowledged)",
+            self.active_path,
+            self._size - keep,
+        )
+        os.ftruncate(self._fd, keep)
+        os.fsync(self._fd)
+        self._size = keep
+
+    def _find_head(self) -> ChainHead | None:
+        """The last record of the open segment, or of the newest closed one."""
+        assert self.chain is not None
+        first = _first_record(self.active_path)
+        if first is not None:
+            self._first_seq, self._period = first.seq, self._period_of(first)
+        last = _last_record(self.active_path)
+        if last is None:
+            closed = [s for s in segments(self.directory).get(self.chain, []) if s.first_seq]
+            if closed:
+                last = _last_record(closed[-1].path)
+        if last is None:
+            return None
+        self._last = ChainHead(last.seq, last.hash)
+        return self._last
+
+    def _period_of(self, record: DecisionRecord) -> int:
+        return record.time_us // self.rotate_us if self.rotate_us > 0 else 0
+
+    def _due(self, first: DecisionRecord, incoming: int) -> bool:
+        if self._size + incoming > self.max_bytes:
+            return True
+        return self._period is not None and self._period_of(first) != self._period
+
+    def _rotate(self) -> None:
+        assert self._fd is not None and self._first_seq is not None
+        closed = self.directory / f"{self.chain}.{self._first_seq:012d}{SUFFIX}"
+        if closed.exists():
+            raise SinkError(f"cannot rotate the audit log: {closed} exists already")
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        os.rename(self.active_path, closed)
+        _fsync_dir(self.directory)
+        self._fd = os.open(self.active_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+        _fsync_dir(self.directory)
+        self._size = 0
+        self._first_seq = self._period = None
+        log.info("audit log rotated: %s", closed.name)
+
+    def _fd_broken(self) -> None:
+        # A write failed and so did undoing it: reopen on the next head() (which the
+        # writer calls after a failure) so that the half batch is found and cut.
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def _close_files(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._lock_fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_record(path: Path) -> DecisionRecord | None:
+    if not path.exists():
+        return None
+    for _, line in read_lines(path):
+        return _parse_for_head(path, line)
+    return None
+
+
+def _last_record(path: Path) -> DecisionRecord | None:
+    """The last complete line of `path`, read from the end (segments can be large)."""
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        block = 64 * 1024
+        buf = b""
+        pos = end
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            f.seek(pos)
+            buf = f.read(step) + buf
+            body = buf[:-1] if buf.endswith(b"\n") else buf
+            nl = body.rfind(b"\n")
+            if nl >= 0 or pos == 0:
+                line = body[nl + 1 :] if nl >= 0 else body
+                if not line.strip():
+                    return None
+                return _parse_for_head(path, line.decode("utf-8", "replace"))
+    return None
+
+
+def _parse_for_head(path: Path, line: str) -> DecisionRecord:
+    try:
+        return parse_line(line)[0]
+    except RecordError as exc:
+        raise SinkError(
+            f"{path}: the last record is not valid ({exc}), so the chain cannot be "
+            "continued; `pdp audit verify` shows what is wrong"
+        ) from None
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)

@@ -1,0 +1,535 @@
+"""The decision record: what the audit log keeps about one decision, and its JSON form.
+
+The server builds a record after the engine decided (the engine knows nothing of
+it). A record is a frozen value; the writer fills in its place in the hash chain
+(`chain`, `seq`, `prev`, `hash`) when it commits it.
+
+The JSON form, one object per line, versioned by `v`::
+
+    {"v": 1, "decision_id": "...", "time": "2026-11-26T12:00:00.000123Z", "caller": "...",
+     "subject": {"type": "user", "id": "alice", "roles": ["viewer"]},
+     "action": {"name": "read"}, "resource": {"type": "doc", "id": "1"},
+     "decision": "allow", "reasons": [{"rule": "doc.viewer-read", "at": "docs.pdp:7"}],
+     "diagnostics": [], "policy_version": "sha256:...", "bindings_version": "12",
+     "latency_us": 180, "chain": "host", "seq": 42, "prev": "...", "hash": "..."}
+
+`subject.properties`, `action.properties`, `resource.properties` (with
+`resource.ancestors`) and `context` appear only when `AuditConfig.include` names
+them, with the `AuditConfig.redact` paths replaced by `"[redacted]"`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pdp.engine.compile import CompiledPolicySet
+from pdp.engine.decision import Decision, Diagnostic
+from pdp.engine.request import Request
+
+SCHEMA_VERSION = 1
+GENESIS = "0" * 64  # `prev` of the first record of a chain
+REDACTED = "[redacted]"
+SECTIONS = ("subject", "action", "resource", "context")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RecordError(ValueError):
+    """A line or row that is not a valid decision record; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A rule that decided: its id and where it is written (`file:line`), when known."""
+
+    rule: str
+    at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One decision as the audit log keeps it. Attribute fields are None when not recorded."""
+
+    decision_id: str
+    time_us: int  # microseconds since the Unix epoch, UTC
+    caller: str
+    subject_type: str
+    subject_id: str
+    roles: tuple[str, ...]  # the roles that were used to decide
+    action: str
+    resource_type: str
+    resource_id: str
+    allowed: bool
+    reasons: tuple[Reason, ...]
+    diagnostics: tuple[Diagnostic, ...]
+    policy_version: str
+    bindings_version: str
+    latency_us: int
+    subject_properties: Mapping[str, Any] | None = None
+    action_properties: Mapping[str, Any] | None = None
+    resource_properties: Mapping[str, Any] | None = None
+    resource_ancestors: tuple[str, ...] | None = None
+    context: Mapping[str, Any] | None = None
+    # Filled in by the writer, in commit order.
+    chain: str = ""
+    seq: int = 0
+    prev: str = ""
+    hash: str = ""
+    v: int = SCHEMA_VERSION
+
+    @property
+    def time(self) -> datetime:
+        return from_us(self.time_us)
+
+    @property
+    def decision(self) -> str:
+        return "allow" if self.allowed else "deny"
+
+    @property
+    def subject(self) -> str:
+        return f"{self.subject_type}:{self.subject_id}"
+
+    @property
+    def resource(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object (the line format); `hash` only once chained."""
+        subject: dict[str, Any] = {
+            "type": self.subject_type,
+            "id": self.subject_id,
+            "roles": list(self.roles),
+        }
+        if self.subject_properties is not None:
+            subject["properties"] = self.subject_properties
+        action: dict[str, Any] = {"name": self.action}
+        if self.action_properties is not None:
+            action["properties"] = self.action_properties
+        resource: dict[str, Any] = {"type": self.resource_type, "id": self.resource_id}
+        if self.resource_properties is not None:
+            resource["properties"] = self.resource_properties
+        if self.resource_ancestors is not None:
+            resource["ancestors"] = list(self.resource_ancestors)
+        out: dict[str, Any] = {
+            "v": self.v,
+            "decision_id": self.decision_id,
+            "time": format_time(self.time_us),
+            "caller": self.caller,
+            "subject": subject,
+            "action": action,
+            "resource": resource,
+            "decision": self.decision,
+            "reasons": [{"rule": r.rule, "at": r.at} for r in self.reasons],
+            "diagnostics": [d.to_json() for d in self.diagnostics],
+            "policy_version": self.policy_version,
+            "bindings_version": self.bindings_version,
+            "latency_us": self.latency_us,
+            "chain": self.chain,
+            "seq": self.seq,
+            "prev": self.prev,
+        }
+        if self.context is not None:
+            out["context"] = self.context
+        if self.hash:
+            out["hash"] = self.hash
+        return out
+
+
+# --- canonical form and the chain -------------------------------------------------------
+
+
+def canonical(obj: Mapping[str, Any]) -> str:
+    """The one text a record hashes to: keys sorted, no spaces, UTF-8 (not \\u escapes)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def record_hash(obj: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical form of `obj` without its `hash` key.
+
+    `prev` is part of what is hashed, which is what links each record to the one
+    before it.
+    """
+    body = {k: v for k, v in obj.items() if k != "hash"}
+    return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
+
+
+def seal(record: DecisionRecord, chain: str, seq: int, prev: str) -> tuple[DecisionRecord, str]:
+    """The record placed in `chain` at `seq` after `prev`, and its JSON line (no newline).
+
+    The line is the canonical form with `hash` appended, so that a reader recomputes
+    the hash from exactly what it parses.
+    """
+    obj = record.to_json()
+    obj["chain"], obj["seq"], obj["prev"] = chain, seq, prev
+    body = canonical(obj)
+    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+    line = body[:-1] + f',"hash":"{digest}"}}'
+    return _replace_chain(record, chain, seq, prev, digest), line
+
+
+def _replace_chain(r: DecisionRecord, chain: str, seq: int, prev: str, h: str) -> DecisionRecord:
+    # dataclasses.replace re-runs __init__ with every field; this is the hot path of the
+    # writer, so build the copy directly.
+    return DecisionRecord(
+        r.decision_id,
+        r.time_us,
+        r.caller,
+        r.subject_type,
+        r.subject_id,
+        r.roles,
+        r.action,
+        r.resource_type,
+        r.resource_id,
+        r.allowed,
+        r.reasons,
+        r.diagnostics,
+        r.policy_version,
+        r.bindings_version,
+        r.latency_us,
+        r.subject_properties,
+        r.action_properties,
+        r.resource_properties,
+        r.resource_ancestors,
+        r.context,
+        chain,
+        seq,
+        prev,
+        h,
+        r.v,
+    )
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def parse_line(line: str) -> tuple[DecisionRecord, dict[str, Any]]:
+    """A JSON line → (record, the parsed object); RecordError saying what is wrong."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise RecordError("not valid JSON (nested too deeply)") from None
+    return from_json(obj), obj
+
+
+def from_json(obj: object) -> DecisionRecord:
+    """A parsed JSON object → record; RecordError naming the first bad field."""
+    if not isinstance(obj, dict):
+        raise RecordError("not a JSON object")
+    v = obj.get("v")
+    if v != SCHEMA_VERSION:
+        raise RecordError(f"unknown record version `v`: {v!r} (this pdp reads {SCHEMA_VERSION})")
+    subject = _obj(obj, "subject")
+    action = _obj(obj, "action")
+    resource = _obj(obj, "resource")
+    decision = obj.get("decision")
+    if decision not in ("allow", "deny"):
+        raise RecordError(f'`decision` must be "allow" or "deny", got {decision!r}')
+    try:
+        time_us = to_us(parse_iso(_str(obj, "time")))
+    except ValueError:
+        raise RecordError(f"`time` is not an ISO 8601 time: {obj.get('time')!r}") from None
+    reasons = []
+    for i, r in enumerate(_list(obj, "reasons")):
+        if not isinstance(r, dict) or not isinstance(r.get("rule"), str):
+            raise RecordError(f"`reasons[{i}]` must be an object with a `rule`")
+        at = r.get("at")
+        reasons.append(Reason(r["rule"], at if isinstance(at, str) else None))
+    diagnostics = []
+    for i, d in enumerate(_list(obj, "diagnostics")):
+        if not isinstance(d, dict) or not isinstance(d.get("code"), str):
+            raise RecordError(f"`diagnostics[{i}]` must be an object with a `code`")
+        rule = d.get("rule_id")
+        diagnostics.append(
+            Diagnostic(
+                d["code"], str(d.get("message", "")), rule if isinstance(rule, str) else None
+            )
+        )
+    ancestors = resource.get("ancestors")
+    return DecisionRecord(
+        decision_id=_str(obj, "decision_id"),
+        time_us=time_us,
+        caller=_str(obj, "caller"),
+        subject_type=_str(subject, "type", "subject."),
+        subject_id=_str(subject, "id", "subject."),
+        roles=tuple(str(r) for r in _list(subject, "roles", "subject.")),
+        action=_str(action, "name", "action."),
+        resource_type=_str(resource, "type", "resource."),
+        resource_id=_str(resource, "id", "resource."),
+        allowed=decision == "allow",
+        reasons=tuple(reasons),
+        diagnostics=tuple(diagnostics),
+        policy_version=_str(obj, "policy_version"),
+        bindings_version=_str(obj, "bindings_version"),
+        latency_us=_int(obj, "latency_us"),
+        subject_properties=_opt_obj(subject, "properties", "subject."),
+        action_properties=_opt_obj(action, "properties", "action."),
+        resource_properties=_opt_obj(resource, "properties", "resource."),
+        resource_ancestors=tuple(str(a) for a in ancestors)
+        if isinstance(ancestors, list)
+        else None,
+        context=_opt_obj(obj, "context"),
+        chain=_str(obj, "chain"),
+        seq=_int(obj, "seq"),
+        prev=_str(obj, "prev"),
+        hash=_str(obj, "hash"),
+        v=SCHEMA_VERSION,
+    )
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str = "") -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise RecordError(f"`{where}{key}` must be a string")
+    return value
+
+
+def _int(obj: Mapping[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(f"`{key}` must be an integer")
+    return value
+
+
+def _obj(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise RecordError(f"`{key}` must be an object")
+    return value
+
+
+def _opt_obj(obj: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any] | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise RecordError(f"`{where}{key}` must be an object")
+    return value
+
+
+def _list(obj: Mapping[str, Any], key: str, where: str = "") -> list[Any]:
+    value = obj.get(key)
+    if not isinstance(value, list):
+        raise RecordError(f"`{where}{key}` must be a list")
+    return value
+
+
+# --- times ------------------------------------------------------------------------------
+
+
+def to_us(t: datetime) -> int:
+    """An aware datetime → microseconds since the epoch (exact, no float rounding)."""
+    d = t - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def format_time(us: int) -> str:
+    """`2026-11-26T12:00:00.000123Z`: fixed width, so text order is time order."""
+    return from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """ISO 8601 → aware datetime (UTC when no zone is given); ValueError when malformed."""
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- building a record ------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A bad audit setting (an unknown section to include, a bad redaction path)."""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Which attributes a record keeps, and which of their fields are redacted.
+
+    `include` names sections among `subject`, `action`, `resource`, `context`
+    (their properties; `resource` also its ancestors). `redact` holds dotted paths
+    into the record, e.g. `subject.properties.email`, `context.ip`,
+    `resource.properties.*.secret` (`*` matches any key), or `subject.id`.
+    """
+
+    include: frozenset[str] = frozenset()
+    redact: tuple[str, ...] = ()
+    _tree: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.include) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(
+                f"audit.include: unknown section `{unknown[0]}`; choose from " + ", ".join(SECTIONS)
+            )
+        tree: dict[str, Any] = {}
+        for path in self.redact:
+            parts = path.split(".")
+            if parts[0] not in SECTIONS or len(parts) < 2 or not all(parts):
+                raise ConfigError(
+                    f"audit.redact: `{path}` is not a field path; write e.g. "
+                    "`subject.properties.email` or `context.ip`"
+                )
+            fields = _REDACTABLE.get(parts[0])
+            if fields is not None and parts[1] not in fields:
+                raise ConfigError(
+                    f"audit.redact: `{path}` matches nothing; {parts[0]} fields are "
+                    + ", ".join(f"`{f}`" for f in fields)
+                )
+            node = tree
+            for p in parts:
+                node = node.setdefault(p, {})
+        self._tree.update(tree)
+
+    def redacts(self, section: str) -> dict[str, Any] | None:
+        """The redaction tree under `section`, or None when nothing there is redacted."""
+        node = self._tree.get(section)
+        return node if node else None
+
+
+# What a redaction path may name after its section (`context.` takes any key).
+_REDACTABLE: dict[str, tuple[str, ...]] = {
+    "subject": ("id", "properties"),
+    "action": ("properties",),
+    "resource": ("id", "properties", "ancestors"),
+}
+
+NO_ATTRIBUTES = AuditConfig()
+
+
+def build_record(
+    decision: Decision,
+    request: Request | None,
+    *,
+    decision_id: str,
+    caller: str,
+    latency_us: int,
+    time_us: int | None = None,
+    bindings_version: str | None = None,
+    policy: CompiledPolicySet | None = None,
+    config: AuditConfig = NO_ATTRIBUTES,
+) -> DecisionRecord:
+    """The record of one decision. `request` is None for a request that could not be read.
+
+    `time_us` defaults to the request's clock (`request.now`), so that re-deriving the
+    decision later sees the same time; `policy` gives the reasons their `file:line`.
+    """
+    if time_us is None:
+        now = request.now if request is not None and request.now else datetime.now(UTC)
+        time_us = to_us(now)
+    loc = policy.rule_location if policy is not None else None
+    reasons = tuple(Reason(r, loc(r) if loc else None) for r in decision.reasons)
+    subject_props = action_props = resource_props = context = None
+    ancestors: tuple[str, ...] | None = None
+    subject_type = subject_id = resource_type = resource_id = ""
+    if request is not None:
+        subject_type, subject_id = request.subject.type, request.subject.id
+        resource_type, resource_id = request.resource.type, request.resource.id
+        inc = config.include
+        if inc:
+            if "subject" in inc:
+                subject_props = _plain(request.subject.properties)
+            if "action" in inc:
+                action_props = _plain(request.action.properties)
+            if "resource" in inc:
+                resource_props = _plain(request.resource.properties)
+                ancestors = request.resource.ancestors
+            if "context" in inc:
+                context = _plain(request.context)
+    roles = decision.roles_used
+    if config.redact:
+        # Redaction works on the sections as the JSON form spells them, so that a path
+        # means the same in the config as in the records people read.
+        subject = _section(type=subject_type, id=subject_id, properties=subject_props)
+        action = _section(properties=action_props)
+        resource = _section(
+            type=resource_type, id=resource_id, properties=resource_props, ancestors=ancestors
+        )
+        parts = {"subject": subject, "action": action, "resource": resource, "context": context}
+        for section, value in parts.items():
+            tree = config.redacts(section)
+            if tree is not None and value is not None:
+                parts[section] = _redact(value, tree)[0]
+        subject, action, resource = parts["subject"], parts["action"], parts["resource"]
+        assert subject is not None and action is not None and resource is not None
+        subject_type, subject_id = str(subject["type"]), str(subject["id"])
+        subject_props, action_props = subject.get("properties"), action.get("properties")
+        resource_type, resource_id = str(resource["type"]), str(resource["id"])
+        resource_props, context = resource.get("properties"), parts["context"]
+        kept = resource.get("ancestors")
+        if kept is not None and not isinstance(kept, tuple):
+            ancestors = (str(kept),)  # the whole list was redacted
+    return DecisionRecord(
+        decision_id=decision_id,
+        time_us=time_us,
+        caller=caller,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        roles=roles,
+        action=decision.action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        allowed=decision.allowed,
+        reasons=reasons,
+        diagnostics=decision.diagnostics,
+        policy_version=decision.policy_version,
+        bindings_version=decision.bindings_version or bindings_version or "",
+        latency_us=latency_us,
+        subject_properties=subject_props,
+        action_properties=action_props,
+        resource_properties=resource_props,
+        resource_ancestors=ancestors,
+        context=context,
+    )
+
+
+def _section(**parts: Any) -> dict[str, Any]:
+    return {k: v for k, v in parts.items() if v is not None}
+
+
+def _redact(value: Any, tree: Mapping[str, Any]) -> tuple[Any, bool]:
+    """Copy-on-write: only the dicts on a redacted path are copied."""
+    if not isinstance(value, dict):
+        return value, False
+    out: dict[str, Any] | None = None
+    for key in list(value):
+        sub = tree.get(key)
+        star = tree.get("*")
+        for node in (n for n in (sub, star) if n is not None):
+            current = (out if out is not None else value)[key]
+            if not node:  # a leaf of the path: this field goes
+                new, hit = REDACTED, current != REDACTED
+            else:
+                new, hit = _redact(current, node)
+            if hit:
+                if out is None:
+                    out = dict(value)
+                out[key] = new
+    return (out, True) if out is not None else (value, False)
+
+
+def _plain(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-ready copy: mappings become dicts and tuples lists, recursively.
+
+    The copy also detaches the record from the caller's objects, which a record
+    waiting in the writer's queue must not share.
+    """
+    return {str(k): _plain_value(v) for k, v in m.items()}
+
+
+def _plain_value(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return _plain(v)
+    if isinstance(v, list | tuple):
+        return [_plain_value(x) for x in v]
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    return str(v)

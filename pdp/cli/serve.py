@@ -1,0 +1,135 @@
+"""`pdp serve`: run the gRPC decision service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from pdp.cli.common import EXIT_ERROR, EXIT_OK, fail, out
+from pdp.server.config import KEYS, ConfigError, defaults, env_name, load_config, parse_set
+
+# Flags with a name of their own: flag → (config key, help). Every key can also be set
+# with `--set key=value` or its environment variable.
+FLAGS: dict[str, tuple[str, str]] = {
+    "--listen": ("listen", "address to listen on, e.g. 127.0.0.1:50051 (port 0: any free)"),
+    "--policies": ("policies", "directory of policy files; watched and hot-reloaded"),
+    "--schema": ("schema", "attribute schema file to validate the policies with"),
+    "--bindings-file": (
+        "store.bindings_file",
+        "serve role bindings from this YAML file (in memory) instead of the database",
+    ),
+    "--store-url": ("store.url", "role bindings database URL, e.g. sqlite:///pdp.db"),
+    "--workers": ("workers", "processes sharing the port (SO_REUSEPORT); default 1"),
+    "--log-level": ("log_level", "debug, info, warning or error"),
+}
+
+
+def _epilog() -> str:
+    lines = [
+        "settings (config file key, environment variable, default):",
+    ]
+    values = defaults()
+    for key in KEYS:
+        default = values[key.name]
+        shown = f'"{default}"' if isinstance(default, str) else str(default).lower()
+        lines.append(f"  {key.name:<28} {env_name(key.name):<30} {shown}")
+        lines.append(f"      {key.help}")
+    lines += [
+        "",
+        "precedence: flags > environment > config file > defaults; relative paths in a",
+        "config file are relative to the file. Documented in docs/server.md.",
+        "",
+        "health: grpc.health.v1 reports NOT_SERVING until the policies and the role",
+        "bindings are loaded, and again while draining after SIGTERM.",
+        "",
+        "exit codes: 0 stopped by SIGTERM/SIGINT after draining; 1 could not start;",
+        "2 bad settings or usage",
+    ]
+    return "\n".join(lines)
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the gRPC decision service",
+        description="Serve decisions over gRPC (pdp.v1.DecisionService), with health "
+        "checking, reflection and hot reload of the policies.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML config file (see below)")
+    for flag, (key, text) in FLAGS.items():
+        kind: Any = int if key == "workers" else str
+        metavar = {"listen": "HOST:PORT", "workers": "N", "log_level": "LEVEL"}.get(key)
+        p.add_argument(
+            flag,
+            dest=key,
+            metavar=metavar or ("URL" if key == "store.url" else "PATH"),
+            type=kind,
+            help=text,
+        )
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="set_",
+        help="any setting below, e.g. --set limits.max_batch=500 (repeatable)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings as TOML and exit",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    flags: dict[str, object] = {}
+    names: dict[str, str] = {}
+    try:
+        for k, v in parse_set(args.set_).items():
+            flags[k], names[k] = v, "--set"
+        for flag, (key, _) in FLAGS.items():
+            value = getattr(args, key, None)
+            if value is not None:
+                flags[key], names[key] = value, flag
+        cfg = load_config(args.config, environ=os.environ, flags=flags, flag_names=names)
+    except ConfigError as exc:
+        fail(str(exc))
+        return 2
+    if args.print_config:
+        out.print(_toml(cfg), markup=False, highlight=False)
+        return EXIT_OK
+    if cfg.workers > 1:
+        from pdp.server.workers import run_workers
+
+        return run_workers(cfg)
+    from pdp.server.app import serve
+
+    code = serve(cfg)
+    return EXIT_OK if code == 0 else EXIT_ERROR
+
+
+def _toml(cfg: Any) -> str:
+    from pdp.server.config import KEYS_BY_NAME, value_of
+
+    sections: dict[str, list[str]] = {}
+    for name, key in KEYS_BY_NAME.items():
+        section, _, leaf = name.rpartition(".")
+        value = value_of(cfg, key.attr)
+        sections.setdefault(section, []).append(f"{leaf} = {_toml_value(value)}")
+    parts = ["\n".join(sections.pop(""))]
+    parts += [f"[{s}]\n" + "\n".join(lines) for s, lines in sections.items()]
+    return "\n\n".join(parts)
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return str(v)

@@ -1,0 +1,234 @@
+"""The composition root: the one place that chooses and wires the server's parts.
+
+Which role source (bindings file or SQL store), which decision sink, TLS or not, and
+the gRPC server with its decision service, health checking and reflection are all
+decided here from a `ServerConfig`; nothing below this module reads configuration.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pdp.server.config import ServerConfig
+from pdp.server.reload import Reloader
+from pdp.server.roles import BindingsFileBackend, SqlStoreBackend
+from pdp.server.service import SERVICE_NAME, DecisionService
+from pdp.server.sink import DecisionSink, LogSink
+from pdp.server.state import RoleBackend, ServingState
+
+log = logging.getLogger("pdp.server")
+
+
+class StartupError(Exception):
+    """The server cannot start (bad TLS files, address in use); one line for people."""
+
+
+def role_backend(cfg: ServerConfig) -> RoleBackend:
+    """Where roles come from: the bindings file when configured, else the SQL store."""
+    if cfg.bindings_file:
+        return BindingsFileBackend(cfg.bindings_file)
+    return SqlStoreBackend(
+        cfg.store_url,
+        poll_interval=cfg.store_poll_interval,
+        max_staleness=cfg.store_max_staleness,
+    )
+
+
+def decision_sink(cfg: ServerConfig) -> DecisionSink | None:
+    """Where decision records go; None means nowhere (no records are even built)."""
+    if cfg.audit_sink == "log":
+        return LogSink()
+    return None
+
+
+def grpc_options(cfg: ServerConfig, *, reuse_port: bool) -> list[tuple[str, int]]:
+    """Channel options shared by the PDP and the benchmark's echo server."""
+    limit = cfg.limits.max_message_bytes
+    return [
+        # gRPC itself refuses only messages far over the limit (RESOURCE_EXHAUSTED); up to
+        # twice the limit the service answers INVALID_ARGUMENT naming the limit.
+        ("grpc.max_receive_message_length", 2 * limit + 1024),
+        # gRPC turns SO_REUSEPORT on by default; with one process that would let a second
+        # server start silently on a port in use, so it is on only for --workers.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+
+
+def build_grpc_server(cfg: ServerConfig, *, reuse_port: bool = False) -> grpc.Server:
+    """A grpc.Server with the configured threads and limits, no services yet."""
+    return grpc.server(
+        ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="pdp-rpc"),
+        options=grpc_options(cfg, reuse_port=reuse_port),
+        maximum_concurrent_rpcs=cfg.limits.max_concurrent_rpcs,
+    )
+
+
+def bind(server: grpc.Server, cfg: ServerConfig) -> int:
+    """Listen on `cfg.listen` (TLS when configured); the port actually bound."""
+    tls = cfg.tls
+    try:
+        if tls.enabled:
+            creds = grpc.ssl_server_credentials(
+                [(_read(tls.key, "tls.key"), _read(tls.cert, "tls.cert"))],
+                root_certificates=_read(tls.client_ca, "tls.client_ca") if tls.mutual else None,
+                require_client_auth=tls.mutual,
+            )
+            port = server.add_secure_port(cfg.listen, creds)
+        else:
+            port = server.add_insecure_port(cfg.listen)
+    except RuntimeError:
+        # gRPC's own message points at GRPC_VERBOSITY; the cause is nearly always this.
+        raise StartupError(
+            f"cannot listen on {cfg.listen}: the address is in use or not available here"
+        ) from None
+    if port == 0:  # older grpc versions report failure this way
+        raise StartupError(f"cannot listen on {cfg.listen}: address in use or not available")
+    return port
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+@dataclass
+class PdpServer:
+    """One serving process: start(), then wait() or stop()."""
+
+    cfg: ServerConfig
+    backend: RoleBackend | None = None
+    sink: DecisionSink | None = None
+    reuse_port: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = role_backend(self.cfg)
+        if self.sink is None:
+            self.sink = decision_sink(self.cfg)
+        self.state = ServingState(self.cfg.policies, self.cfg.schema, self.backend)
+        self.health = health.HealthServicer()
+        self.started_at = datetime.now(UTC)
+        self.service = DecisionService(
+            self.state,
+            self.cfg.limits,
+            sink=self.sink,
+            allowed_callers=frozenset(self.cfg.tls.allowed_callers),
+            started_at=self.started_at,
+        )
+        self.reloader = Reloader(
+            self.state,
+            debounce_ms=self.cfg.reload_debounce_ms,
+            watch=self.cfg.reload_enabled,
+        )
+        self.server = build_grpc_server(self.cfg, reuse_port=self.reuse_port)
+        self.port = 0
+        self._stopped = False
+        self.state.on_ready_change(self._on_ready)
+
+    def start(self, *, wait_ready: bool = True) -> int:
+        """Bind, start answering (NOT_SERVING until loaded), load, watch; the port."""
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = bind(self.server, self.cfg)
+        self.server.start()
+        if wait_ready:
+            self.state.load_all()
+        else:
+            threading.Thread(target=self.state.load_all, name="pdp-load", daemon=True).start()
+        self.reloader.start()
+        return self.port
+
+    def _on_ready(self, ready: bool) -> None:
+        if ready and not self._stopped:
+            # What start-up loaded (modules, the first policy set) lives as long as the
+            # process: move it out of the cyclic collector's way, so that collections
+            # on the hot path scan only new objects (measured: ~15% less CPU per call).
+            gc.freeze()
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let those in flight finish within `grace`, flush, close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        # Health first, so that load balancers stop sending before the port closes.
+        self.health.enter_graceful_shutdown()
+        self.reloader.stop()
+        self.server.stop(self.cfg.grace_seconds if grace is None else grace).wait()
+        if self.sink is not None:
+            self.sink.close()
+        assert self.backend is not None
+        self.backend.close()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    # Migrations' chatter at start-up is not news for someone running a server.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def serve(
+    cfg: ServerConfig,
+    *,
+    reuse_port: bool = False,
+    backend: RoleBackend | None = None,
+    sink: DecisionSink | None = None,
+) -> int:
+    """Run one serving process until SIGTERM or SIGINT; the exit code.
+
+    `backend` and `sink` replace the configured ones (for embedding and tests).
+    """
+    configure_logging(cfg.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info(
+            "%s received; draining (grace %.1f s)", signal.Signals(signum).name, cfg.grace_seconds
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = PdpServer(cfg, backend=backend, sink=sink, reuse_port=reuse_port)
+    try:
+        port = server.start(wait_ready=False)
+    except StartupError as exc:
+        print(f"pdp serve: error: {exc}", file=sys.stderr)
+        return 1
+    host = cfg.host if ":" not in cfg.host else f"[{cfg.host}]"
+    mode = "mutual TLS" if cfg.tls.mutual else "TLS" if cfg.tls.enabled else "plaintext"
+    # One stable line that scripts (and the tests) wait for.
+    print(f"pdp serve: listening on {host}:{port} ({mode}), pid {os.getpid()}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,181 @@
+"""Protobuf messages → engine requests, once per call, enforcing the limits on the way.
+
+Two kinds of problems, answered differently:
+
+- `LimitError`: the call as a whole is over a limit or malformed; the caller gets
+  INVALID_ARGUMENT naming the field, e.g.
+  `evaluations[3].resource.properties.tags[2]: string longer than 4096 characters`.
+- `InputError`: one evaluation cannot be decided (a required field is empty); that
+  evaluation is a deny with an `invalid_request` diagnostic, the others are answered.
+
+The conversion walks each `Struct` once, checking depth and string lengths as it goes;
+sizes are taken from the encoded message (`ByteSize`, computed natively). Field paths
+are built only when something is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from pdp.engine.request import Action, Resource, Subject
+from pdp.server.config import Limits
+from pdp.v1 import decision_pb2 as pb
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Integral numbers up to 2**53 are exact in a double: give them back as ints, so that
+# `resource.level == 3` and a stored integer attribute compare the way people expect.
+_MAX_EXACT = float(2**53)
+
+
+class LimitError(ValueError):
+    """The call is over a limit or malformed: INVALID_ARGUMENT, naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class InputError(ValueError):
+    """One evaluation cannot be decided; it becomes a deny with a diagnostic."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"`{field}` {message}")
+
+
+class _Bad(Exception):
+    """Raised deep in a Struct; each level adds its path segment while unwinding."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.path: list[str] = []
+
+
+def _segment(key: str) -> str:
+    return f".{key}" if _IDENT.match(key) else f"[{key!r}]"
+
+
+class Converter:
+    """Converts messages of one call under `limits`; cheap to create."""
+
+    __slots__ = ("_depth", "_max_str", "_max_bytes", "_max_ancestors")
+
+    def __init__(self, limits: Limits) -> None:
+        self._depth = limits.max_depth
+        self._max_str = limits.max_string_length
+        self._max_bytes = limits.max_attributes_bytes
+        self._max_ancestors = limits.max_ancestors
+
+    # --- attributes -------------------------------------------------------------------
+
+    def struct(self, msg: struct_pb2.Struct, where: str) -> Mapping[str, Any]:
+        """A `Struct` as a plain dict; LimitError naming the path when over a limit."""
+        if not msg.fields:
+            return _EMPTY
+        size = msg.ByteSize()
+        if size > self._max_bytes:
+            raise LimitError(where, f"{size} bytes encoded, more than {self._max_bytes}")
+        try:
+            return self._fields(msg, 1)
+        except _Bad as bad:
+            raise LimitError(where + "".join(reversed(bad.path)), bad.message) from None
+
+    def _fields(self, msg: struct_pb2.Struct, depth: int) -> dict[str, Any]:
+        if depth > self._depth:
+            raise _Bad(f"nested deeper than {self._depth} levels")
+        out: dict[str, Any] = {}
+        max_str = self._max_str
+        for key, value in msg.fields.items():
+            if len(key) > max_str:
+                bad = _Bad(f"key longer than {max_str} characters")
+                bad.path.append(_segment(key[:20] + "..."))
+                raise bad
+            try:
+                out[key] = self._value(value, depth)
+            except _Bad as bad:
+                bad.path.append(_segment(key))
+                raise
+        return out
+
+    def _value(self, value: struct_pb2.Value, depth: int) -> Any:
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            s = value.string_value
+            if len(s) > self._max_str:
+                raise _Bad(f"string longer than {self._max_str} characters")
+            return s
+        if kind == "number_value":
+            n = value.number_value
+            if not math.isfinite(n):
+                raise _Bad("number is not finite")
+            return int(n) if n.is_integer() and -_MAX_EXACT <= n <= _MAX_EXACT else n
+        if kind == "bool_value":
+            return value.bool_value
+        if kind == "struct_value":
+            return self._fields(value.struct_value, depth + 1)
+        if kind == "list_value":
+            if depth + 1 > self._depth:
+                raise _Bad(f"nested deeper than {self._depth} levels")
+            items = []
+            for i, item in enumerate(value.list_value.values):
+                try:
+                    items.append(self._value(item, depth + 1))
+                except _Bad as bad:
+                    bad.path.append(f"[{i}]")
+                    raise
+            return items
+        # null_value, or a Value with nothing set: both mean "no value".
+        return None
+
+    # --- entities -----------------------------------------------------------------------
+
+    def _limit(self, value: str, where: str) -> None:
+        if len(value) > self._max_str:
+            raise LimitError(where, f"string longer than {self._max_str} characters")
+
+    def subject(self, msg: pb.Subject, where: str) -> Subject:
+        """The subject; limits are checked on every field before any InputError."""
+        props = self.struct(msg.properties, where + ".properties")
+        self._limit(msg.type, where + ".type")
+        self._limit(msg.id, where + ".id")
+        _required(msg.type, where + ".type")
+        _required(msg.id, where + ".id")
+        return Subject(msg.type, msg.id, props)
+
+    def action(self, msg: pb.Action, where: str) -> Action:
+        props = self.struct(msg.properties, where + ".properties")
+        self._limit(msg.name, where + ".name")
+        _required(msg.name, where + ".name")
+        return Action(msg.name, props)
+
+    def resource(self, msg: pb.Resource, where: str) -> Resource:
+        props = self.struct(msg.properties, where + ".properties")
+        self._limit(msg.type, where + ".type")
+        self._limit(msg.id, where + ".id")
+        ancestors: tuple[str, ...] = ()
+        if msg.ancestors:
+            if len(msg.ancestors) > self._max_ancestors:
+                raise LimitError(where + ".ancestors", f"more than {self._max_ancestors} entries")
+            ancestors = tuple(msg.ancestors)
+            for i, a in enumerate(ancestors):
+                self._limit(a, f"{where}.ancestors[{i}]")
+        _required(msg.type, where + ".type")
+        _required(msg.id, where + ".id")
+        for i, a in enumerate(ancestors):
+            if "/" not in a:
+                raise InputError(f"{where}.ancestors[{i}]", "must be `type/id`, e.g. `folder/7`")
+        return Resource(msg.type, msg.id, props, ancestors)
+
+
+def _required(value: str, where: str) -> None:
+    if not value:
+        raise InputError(where, "is required")

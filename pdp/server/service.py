@@ -1,0 +1,522 @@
+"""The pdp.v1.DecisionService handlers: the hot path from bytes to decisions.
+
+Handlers receive the raw request bytes (no deserializer is registered), so that a
+malformed message is answered INVALID_ARGUMENT by us rather than INTERNAL by gRPC,
+and the message size limit can name itself. Each call reads the serving snapshot
+once, converts the message once (enforcing limits), evaluates through
+`pdp.evaluation.evaluate`, and stamps every decision with a decision id and the
+versions that made it.
+
+Failure policy: a call over a limit or malformed gets INVALID_ARGUMENT naming the
+field; an evaluation that cannot be decided on its own is a deny with a diagnostic;
+anything unexpected is logged with its traceback and answered as a deny with an
+`internal_error` diagnostic: the client never sees a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from pdp import __version__
+from pdp.engine.decision import Decision, Diagnostic
+from pdp.engine.request import Action, Request, Resource, Subject
+from pdp.evaluation import evaluate
+from pdp.server.config import Limits
+from pdp.server.convert import Converter, InputError, LimitError
+from pdp.server.ids import new_decision_id
+from pdp.server.sink import DecisionRecord, DecisionSink
+from pdp.server.state import ServingState, Snapshot
+from pdp.store.errors import StoreError
+from pdp.v1 import decision_pb2 as pb
+
+log = logging.getLogger("pdp.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+
+M = TypeVar("M", bound=Message)
+
+# Semantics of the Evaluations call: stop after a decision equal to this, or never.
+_STOP_AFTER: dict[int, bool | None] = {
+    pb.EVALUATIONS_SEMANTIC_UNSPECIFIED: None,
+    pb.EXECUTE_ALL: None,
+    pb.DENY_ON_FIRST_DENY: False,
+    pb.PERMIT_ON_FIRST_PERMIT: True,
+}
+
+
+class _Rejected(Exception):
+    """Ends a call with a gRPC status (INVALID_ARGUMENT, PERMISSION_DENIED, UNAVAILABLE)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+
+
+class DecisionService:
+    """Answers Check, Evaluations, ListActions and ServerInfo from a `ServingState`."""
+
+    def __init__(
+        self,
+        state: ServingState,
+        limits: Limits,
+        *,
+        sink: DecisionSink | None = None,
+        allowed_callers: frozenset[str] = frozenset(),
+        started_at: datetime | None = None,
+    ) -> None:
+        self._state = state
+        self._limits = limits
+        self._conv = Converter(limits)
+        # None when no sink is configured: then no records are built at all.
+        self._sink = sink
+        self._allowed = allowed_callers
+        self._started_at = started_at or datetime.now(UTC)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to a grpc.Server."""
+
+        def method(
+            fn: Callable[[bytes, grpc.ServicerContext], M],
+            out: type[M],
+            fallback: Callable[[bytes], M] | None,
+        ) -> grpc.RpcMethodHandler[bytes, M]:
+            return grpc.unary_unary_rpc_method_handler(
+                self._guarded(fn, out, fallback),
+                request_deserializer=None,  # raw bytes: we parse, so we can say what is wrong
+                response_serializer=out.SerializeToString,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Check": method(self._check, pb.CheckResponse, self._check_failed),
+                "Evaluations": method(
+                    self._evaluations, pb.EvaluationsResponse, self._evaluations_failed
+                ),
+                "ListActions": method(
+                    self._list_actions, pb.ListActionsResponse, self._list_actions_failed
+                ),
+                "ServerInfo": method(self._server_info, pb.ServerInfoResponse, None),
+            },
+        )
+
+    def _guarded(
+        self,
+        fn: Callable[[bytes, grpc.ServicerContext], M],
+        out: type[M],
+        fallback: Callable[[bytes], M] | None,
+    ) -> Callable[[bytes, grpc.ServicerContext], M]:
+        """Caller check first; statuses for rejected calls; never a traceback outwards."""
+        allowed = self._allowed
+
+        def call(raw: bytes, context: grpc.ServicerContext) -> M:
+            try:
+                if allowed and not (caller_identities(context) & allowed):
+                    raise _Rejected(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        "this caller's certificate is not in tls.allowed_callers",
+                    )
+                return fn(raw, context)
+            except _Rejected as rej:
+                context.set_code(rej.code)
+                context.set_details(rej.details)
+                return out()
+            except Exception:
+                # A bug of ours outside the decision step (which has its own net).
+                log.exception("internal error in %s", fn.__name__.strip("_"))
+                try:
+                    if fallback is not None:
+                        return fallback(raw)
+                except Exception:
+                    log.exception("internal error while answering an internal error")
+                context.set_code(grpc.StatusCode.INTERNAL)
+                context.set_details("internal error; the server log has the details")
+                return out()
+
+        return call
+
+    def _check_failed(self, raw: bytes) -> pb.CheckResponse:
+        msg = pb.CheckRequest.FromString(raw)
+        version = self._version()
+        return pb.CheckResponse(
+            decisions=[_internal_error(version, a.name, new_decision_id()) for a in msg.actions]
+        )
+
+    def _evaluations_failed(self, raw: bytes) -> pb.EvaluationsResponse:
+        msg = pb.EvaluationsRequest.FromString(raw)
+        version = self._version()
+        out = [
+            _internal_error(
+                version,
+                ev.action.name if ev.HasField("action") else msg.action.name,
+                new_decision_id(),
+            )
+            for ev in msg.evaluations
+        ]
+        return pb.EvaluationsResponse(
+            decisions=out[:1] if _STOP_AFTER.get(msg.semantic) is False else out
+        )
+
+    def _list_actions_failed(self, raw: bytes) -> pb.ListActionsResponse:
+        return pb.ListActionsResponse(
+            policy_version=self._version(),
+            diagnostics=[_diag("internal_error", "internal error; the server log has the details")],
+        )
+
+    def _version(self) -> str:
+        snap = self._state.snapshot
+        return snap.policy.version if snap else ""
+
+    # --- the calls ----------------------------------------------------------------------
+
+    def _check(self, raw: bytes, context: grpc.ServicerContext) -> pb.CheckResponse:
+        started = time.perf_counter_ns()
+        snap = self._snapshot()
+        msg = self._parse(raw, pb.CheckRequest)
+        conv = self._conv
+        n = len(msg.actions)
+        try:
+            if n == 0:
+                raise LimitError("actions", "at least one action is required")
+            if n > self._limits.max_batch:
+                raise LimitError("actions", f"{n} actions, more than {self._limits.max_batch}")
+            subject = _try(conv.subject, msg.subject, "subject")
+            resource = _try(conv.resource, msg.resource, "resource")
+            attrs = conv.struct(msg.context, "context")
+            now = datetime.now(UTC)
+            items = [
+                _combine(subject, _try(conv.action, a, f"actions[{i}]"), resource, attrs, "", now)
+                for i, a in enumerate(msg.actions)
+            ]
+        except LimitError as exc:
+            raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        return pb.CheckResponse(decisions=self._decide(snap, items, None, context, started))
+
+    def _evaluations(self, raw: bytes, context: grpc.ServicerContext) -> pb.EvaluationsResponse:
+        started = time.perf_counter_ns()
+        snap = self._snapshot()
+        msg = self._parse(raw, pb.EvaluationsRequest)
+        n = len(msg.evaluations)
+        try:
+            if msg.semantic not in _STOP_AFTER:
+                raise LimitError("semantic", f"unknown evaluations semantic {msg.semantic}")
+            if n > self._limits.max_batch:
+                raise LimitError(
+                    "evaluations", f"{n} evaluations, more than {self._limits.max_batch}"
+                )
+            items = self._batch_items(msg)
+        except LimitError as exc:
+            raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        stop_after = _STOP_AFTER[msg.semantic]
+        return pb.EvaluationsResponse(
+            decisions=self._decide(snap, items, stop_after, context, started)
+        )
+
+    def _list_actions(self, raw: bytes, context: grpc.ServicerContext) -> pb.ListActionsResponse:
+        started = time.perf_counter_ns()
+        snap = self._snapshot()
+        msg = self._parse(raw, pb.ListActionsRequest)
+        conv = self._conv
+        try:
+            subject = _try(conv.subject, msg.subject, "subject")
+            resource = _try(conv.resource, msg.resource, "resource")
+            attrs = conv.struct(msg.context, "context")
+        except LimitError as exc:
+            raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        response = pb.ListActionsResponse(policy_version=snap.policy.version)
+        for part in (subject, resource):
+            if isinstance(part, InputError):
+                response.diagnostics.append(_diag("invalid_request", str(part)))
+                return response
+        assert isinstance(subject, Subject) and isinstance(resource, Resource)
+        declared = snap.policy.actions.get(resource.type)
+        if declared is None:
+            message = f"resource type `{resource.type}` is not declared"
+            response.diagnostics.append(_diag("unknown_resource_type", message))
+            return response
+        now = datetime.now(UTC)
+        items: list[Request | _Invalid] = [
+            Request(subject, Action(a), resource, attrs, now) for a in declared
+        ]
+        decisions = self._decide(snap, items, None, context, started)
+        response.decisions.extend(decisions)
+        response.allowed.extend(d.action for d in decisions if d.decision)
+        if decisions:
+            response.bindings_version = decisions[0].bindings_version
+        return response
+
+    def _server_info(self, raw: bytes, context: grpc.ServicerContext) -> pb.ServerInfoResponse:
+        self._parse(raw, pb.ServerInfoRequest)
+        state = self._state
+        snap = state.snapshot
+        info = pb.ServerInfoResponse(
+            build=pb.BuildInfo(
+                version=__version__,
+                python=sys.version.split()[0],
+                grpc=grpc.__version__,
+            ),
+            pid=os.getpid(),
+        )
+        info.started_at.FromDatetime(self._started_at)
+        if snap is not None:
+            info.policy_version = snap.policy.version
+            info.policy_files = snap.policy_files
+            try:
+                info.bindings_version = snap.roles.version()
+            except Exception:  # a store that is down: the other fields are still useful
+                log.warning("bindings version unavailable", exc_info=True)
+        last = state.last_reload
+        if last is not None:
+            info.last_reload.ok = last.ok
+            info.last_reload.at.FromDatetime(last.at)
+            info.last_reload.policy_version = last.policy_version
+            info.last_reload.errors.extend(last.errors)
+            info.last_reload.what = last.what
+        return info
+
+    # --- shared steps -------------------------------------------------------------------
+
+    def _snapshot(self) -> Snapshot:
+        snap = self._state.snapshot
+        if snap is None:
+            raise _Rejected(
+                grpc.StatusCode.UNAVAILABLE,
+                "no valid policy set or role source is loaded yet; ServerInfo.last_reload "
+                "and the server log say why",
+            )
+        return snap
+
+    def _parse(self, raw: bytes, cls: type[M]) -> M:
+        if len(raw) > self._limits.max_message_bytes:
+            raise _Rejected(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: {len(raw)} bytes, more than limits.max_message_bytes "
+                f"({self._limits.max_message_bytes})",
+            )
+        try:
+            return cls.FromString(raw)
+        except (DecodeError, RecursionError):
+            name = cls.DESCRIPTOR.full_name
+            raise _Rejected(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message"
+            ) from None
+
+    def _batch_items(self, msg: pb.EvaluationsRequest) -> list[Request | _Invalid]:
+        """Evaluations with defaults applied; limits raise, bad input becomes `_Invalid`."""
+        conv = self._conv
+        # Defaults are converted once; their errors matter only to evaluations using them.
+        d_subject = _try(conv.subject, msg.subject, "subject") if msg.HasField("subject") else None
+        d_action = _try(conv.action, msg.action, "action") if msg.HasField("action") else None
+        d_resource = (
+            _try(conv.resource, msg.resource, "resource") if msg.HasField("resource") else None
+        )
+        d_context = conv.struct(msg.context, "context")
+        now = datetime.now(UTC)
+        items: list[Request | _Invalid] = []
+        for i, ev in enumerate(msg.evaluations):
+            where = f"evaluations[{i}]"
+            subject = (
+                _try(conv.subject, ev.subject, where + ".subject")
+                if ev.HasField("subject")
+                else d_subject
+            )
+            action = (
+                _try(conv.action, ev.action, where + ".action")
+                if ev.HasField("action")
+                else d_action
+            )
+            resource = (
+                _try(conv.resource, ev.resource, where + ".resource")
+                if ev.HasField("resource")
+                else d_resource
+            )
+            attrs = (
+                conv.struct(ev.context, where + ".context") if ev.HasField("context") else d_context
+            )
+            items.append(_combine(subject, action, resource, attrs, where, now))
+        return items
+
+    def _decide(
+        self,
+        snap: Snapshot,
+        items: Sequence[Request | _Invalid],
+        stop_after: bool | None,
+        context: grpc.ServicerContext,
+        started: int,
+    ) -> list[pb.Decision]:
+        """Decide `items` in order; `_Invalid` ones are denies; stop after `stop_after`."""
+        policy, roles = snap.policy, snap.roles
+        decisions: list[Decision] = []
+        bindings_version = ""
+        try:
+            bindings_version = roles.version()
+            requests = [it for it in items if isinstance(it, Request)]
+            if stop_after is None and len(requests) == len(items) and requests:
+                # The common case: one evaluate() call, which shares role lookups.
+                decisions = evaluate(policy, requests, roles.source, now=requests[0].now)
+            else:
+                for it in items:
+                    if isinstance(it, _Invalid):
+                        d = _deny(policy.version, it.action, "invalid_request", it.message)
+                    else:
+                        d = evaluate(policy, [it], roles.source, now=it.now)[0]
+                    decisions.append(d)
+                    if d.allowed is stop_after:
+                        break
+        except StoreError as exc:
+            log.warning("role source failed: %s", exc)
+            decisions = [
+                _deny(policy.version, _action_of(it), exc.code, f"role bindings: {exc.message}")
+                for it in items
+            ]
+            if stop_after is False:
+                decisions = decisions[:1]
+        except Exception:
+            ids = [new_decision_id() for _ in items]
+            log.exception("internal error answering decisions %s", ", ".join(ids))
+            out = [
+                _internal_error(policy.version, _action_of(it), i)
+                for it, i in zip(items, ids, strict=True)
+            ]
+            return out[:1] if stop_after is False else out
+        out = [
+            pb.Decision(
+                decision=d.allowed,
+                action=d.action,
+                reasons=d.reasons,
+                diagnostics=[_diag(x.code, x.message, x.rule_id) for x in d.diagnostics],
+                decision_id=new_decision_id(),
+                policy_version=d.policy_version,
+                # The store's revision the roles were read at, when the source knows it.
+                bindings_version=d.bindings_version or bindings_version,
+            )
+            for d in decisions
+        ]
+        if self._sink is not None:
+            self._submit(items, decisions, out, context, started)
+        return out
+
+    def _submit(
+        self,
+        items: Sequence[Request | _Invalid],
+        decisions: Sequence[Decision],
+        out: Sequence[pb.Decision],
+        context: grpc.ServicerContext,
+        started: int,
+    ) -> None:
+        assert self._sink is not None
+        now = datetime.now(UTC).isoformat()
+        caller = ",".join(sorted(caller_identities(context))) or context.peer()
+        latency = (time.perf_counter_ns() - started) // 1000
+        records = []
+        for it, d, p in zip(items, decisions, out, strict=False):
+            req = it if isinstance(it, Request) else None
+            records.append(
+                DecisionRecord(
+                    decision_id=p.decision_id,
+                    time=now,
+                    caller=caller,
+                    subject_type=req.subject.type if req else "",
+                    subject_id=req.subject.id if req else "",
+                    roles_used=d.roles_used,
+                    action=d.action,
+                    resource_type=req.resource.type if req else "",
+                    resource_id=req.resource.id if req else "",
+                    allowed=d.allowed,
+                    reasons=d.reasons,
+                    diagnostics=tuple(f"{x.code}: {x.message}" for x in d.diagnostics),
+                    policy_version=p.policy_version,
+                    bindings_version=p.bindings_version,
+                    latency_us=latency,
+                )
+            )
+        try:
+            self._sink.submit(records)
+        except Exception:  # the sink must not fail a decision that was made
+            log.exception("decision sink failed")
+
+
+def caller_identities(context: grpc.ServicerContext) -> frozenset[str]:
+    """The client certificate's identities: its SANs (DNS, URI, ...) and its CN."""
+    auth = context.auth_context()
+    names = [
+        *auth.get("x509_subject_alternative_name", ()),
+        *auth.get("x509_common_name", ()),
+    ]
+    return frozenset(n.decode("utf-8", "replace") for n in names)
+
+
+T = TypeVar("T")
+
+
+def _try(convert: Callable[[M, str], T], msg: M, where: str) -> T | InputError:
+    try:
+        return convert(msg, where)
+    except InputError as exc:
+        return exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Invalid:
+    """An evaluation that cannot be decided: it is answered as a deny with a diagnostic."""
+
+    message: str
+    action: str
+
+
+def _combine(
+    subject: Subject | InputError | None,
+    action: Action | InputError | None,
+    resource: Resource | InputError | None,
+    attrs: Mapping[str, Any],
+    where: str,
+    now: datetime,
+) -> Request | _Invalid:
+    """The request, or why it cannot be decided. `now` is set here, once per call."""
+    name = action.name if isinstance(action, Action) else ""
+    parts = (("subject", subject), ("action", action), ("resource", resource))
+    for key, part in parts:
+        if part is None:
+            return _Invalid(f"`{_join(where, key)}` is required (here or as a default)", name)
+    for _key, part in parts:
+        if isinstance(part, InputError):
+            return _Invalid(str(part), name)
+    assert isinstance(subject, Subject) and isinstance(action, Action)
+    assert isinstance(resource, Resource)
+    return Request(subject, action, resource, attrs, now)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}.{b}" if a else b
+
+
+def _diag(code: str, message: str, rule_id: str | None = None) -> pb.Diagnostic:
+    return pb.Diagnostic(code=code, message=message, rule_id=rule_id or "")
+
+
+def _deny(version: str, action: str, code: str, message: str) -> Decision:
+    return Decision(action, False, (), (Diagnostic(code, message),), version)
+
+
+def _internal_error(version: str, action: str, decision_id: str) -> pb.Decision:
+    return pb.Decision(
+        decision=False,
+        action=action,
+        diagnostics=[_diag("internal_error", "internal error; the server log has the details")],
+        decision_id=decision_id,
+        policy_version=version,
+    )
+
+
+def _action_of(item: Request | _Invalid) -> str:
+    return item.action.name if isinstance(item, Request) else item.action

@@ -1,0 +1,923 @@
+"""The SQL store: who holds which role where, groups, and subject attributes.
+
+`SqlStore` is both the repository (grant, revoke, list, groups, attributes, import,
+export) and an uncached `RoleSource` (one query per lookup). The PDP wraps it in
+`pdp.store.cache.CachedRoleSource`.
+
+Every write runs in one transaction that first bumps the store revision: the row
+lock on `pdp_store_revision` serialises writers (so checks such as "this membership
+makes no cycle" cannot race), and readers learn of the change from the new revision.
+On PostgreSQL the same transaction sends `NOTIFY pdp_store, '<revision>'`, delivered
+to listeners when it commits. A write that turns out to change nothing is rolled
+back, so the revision moves only when the data does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.pool import StaticPool
+
+from pdp.engine.bindings import Bindings, RoleBinding
+from pdp.store import migrate
+from pdp.store import validate as v
+from pdp.store.config import parse_url, redact
+from pdp.store.errors import (
+    InvalidInput,
+    NotFound,
+    SchemaNotReady,
+    StoreError,
+    StoreUnavailable,
+)
+from pdp.store.importer import (
+    Change,
+    ImportPlan,
+    StoredState,
+    attrs_text,
+    check_document,
+    plan_import,
+    summary,
+    until_text,
+)
+from pdp.store.models import Binding, Membership, StoreRevision, Subject, UTCDateTime
+
+T = TypeVar("T")
+
+NOTIFY_CHANNEL = "pdp_store"
+
+_SUBJECTS: Table = Subject.__table__  # type: ignore[assignment]
+_MEMBERSHIPS: Table = Membership.__table__  # type: ignore[assignment]
+_BINDINGS: Table = Binding.__table__  # type: ignore[assignment]
+_REVISION: Table = StoreRevision.__table__  # type: ignore[assignment]
+
+# The hot query: the subject and all its groups (nested; UNION, not UNION ALL, so a
+# cycle that slipped in could not loop), joined with their unexpired bindings in the
+# requested scopes, plus the store revision in the same snapshot. One round trip.
+# The plan it should get: an index probe per group step (ix_pdp_memberships_member),
+# then per principal one probe of the unique (subject, scope, role) index. There is
+# deliberately no index on scope alone: planners would prefer it and read every
+# `global` or `tenant/<t>` binding of everyone.
+_LOOKUP_TEMPLATE = """
+    WITH RECURSIVE principals(key) AS (
+        SELECT CAST({p} AS VARCHAR)
+        UNION
+        SELECT m.group_key FROM pdp_memberships m JOIN principals p ON m.member_key = p.key
+    )
+    SELECT b.role, b.expires_at, NULL
+      FROM pdp_bindings b JOIN principals p ON b.subject = p.key
+     WHERE b.scope IN ({scopes}) AND (b.expires_at IS NULL OR b.expires_at > {p})
+    UNION ALL
+    SELECT NULL, NULL, r.revision FROM pdp_store_revision r WHERE r.id = 1
+"""
+
+
+def lookup_sql(n_scopes: int, paramstyle: str) -> str:
+    """The lookup for `n_scopes` scopes, with positional parameters in the driver's style.
+
+    Rendered once per (count, style) and run with `exec_driver_sql`: the hot path
+    skips SQLAlchemy's compiler, as the driver's own statement cache then applies.
+    """
+    p = "?" if paramstyle == "qmark" else "%s"
+    return _LOOKUP_TEMPLATE.format(p=p, scopes=", ".join([p] * n_scopes))
+
+
+_GROUPS_OF_SQL = text(
+    """
+    WITH RECURSIVE up(key) AS (
+        SELECT CAST(:subject AS VARCHAR)
+        UNION
+        SELECT m.group_key FROM pdp_memberships m JOIN up ON m.member_key = up.key
+    )
+    SELECT key FROM up WHERE key <> :subject
+    """
+)
+
+_CONTAINS_SQL = text(
+    """
+    WITH RECURSIVE down(key) AS (
+        SELECT CAST(:member AS VARCHAR)
+        UNION
+        SELECT m.member_key FROM pdp_memberships m JOIN down ON m.group_key = down.key
+    )
+    SELECT 1 FROM down WHERE key = :group LIMIT 1
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What one lookup read: the unexpired (role, expires_at) rows and the revision."""
+
+    revision: int
+    rows: tuple[tuple[str, datetime | None], ...]
+
+    def roles(self, now: datetime) -> frozenset[str]:
+        return frozenset(r for r, exp in self.rows if exp is None or exp > now)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of a write: whether anything changed, the revision after, and what."""
+
+    changed: bool
+    revision: int
+    changes: tuple[Change, ...] = ()
+    message: str = ""
+    notes: tuple[str, ...] = ()  # things left out on purpose (e.g. expired bindings)
+
+
+@dataclass(frozen=True)
+class SubjectInfo:
+    """All the store knows about one subject."""
+
+    key: str
+    exists: bool
+    attributes: Mapping[str, Any]
+    groups: tuple[str, ...]  # direct
+    all_groups: tuple[str, ...]  # direct and nested
+    members: tuple[str, ...]  # when the subject is a group
+    bindings: tuple[RoleBinding, ...]  # held directly
+    inherited: tuple[RoleBinding, ...]  # held through a group
+
+
+@dataclass
+class _Tx:
+    conn: Connection
+    revision: int
+    now: datetime
+    changes: list[Change] = field(default_factory=list)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlStore:
+    """The store on SQLite or PostgreSQL; thread-safe (one engine, a connection pool)."""
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        connect_timeout: float = 5.0,
+        pool_size: int = 5,
+        auto_create: bool = True,
+        check_schema: bool = True,
+    ) -> None:
+        """Open the store at `url`.
+
+        A new (empty) SQLite database is migrated here when `auto_create`;
+        PostgreSQL and existing databases must already be at the current schema
+        (`pdp db upgrade`) unless `check_schema` is False.
+        """
+        self.url_obj = parse_url(url)
+        self.url = redact(self.url_obj)
+        self.dialect = self.url_obj.get_backend_name()
+        self.engine = _create_engine(self.url_obj, connect_timeout, pool_size)
+        # Reads run in autocommit on their own pool: no BEGIN/ROLLBACK round trips
+        # around the one lookup query. (An in-memory SQLite database exists once, in
+        # the write engine's single connection, so there it is shared.)
+        self._reader = (
+            self.engine
+            if _is_memory(self.url_obj)
+            else _create_engine(self.url_obj, connect_timeout, pool_size, autocommit=True)
+        )
+        dialect = self.engine.dialect
+        self._paramstyle = dialect.paramstyle
+        self._lookup_sql: dict[int, str] = {}
+        when = UTCDateTime().dialect_impl(dialect)  # with the dialect's own text form
+        self._bind_time: Callable[[Any], Any] = when.bind_processor(dialect) or (lambda v: v)
+        self._read_time: Callable[[Any], Any] = when.result_processor(dialect, None) or (
+            lambda v: v
+        )
+        self._last_revision: int | None = None
+        self._closed = False
+        if check_schema:
+            try:
+                self.ensure_schema(auto_create=auto_create)
+            except BaseException:
+                self.close()  # no connections left to the garbage collector
+                raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        if not self._closed:
+            self._closed = True
+            self.engine.dispose()
+            self._reader.dispose()
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """The engines in use (writes, then reads), e.g. to attach SQLAlchemy events."""
+        return (self.engine,) if self._reader is self.engine else (self.engine, self._reader)
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def ensure_schema(self, *, auto_create: bool = True) -> None:
+        """Check the schema is current; migrate a brand-new SQLite database."""
+        try:
+            have = migrate.current(self.engine)
+            if have is None and self.dialect == "sqlite" and auto_create:
+                if migrate.is_empty(self.engine):
+                    migrate.upgrade(self.engine)
+                    return
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from None
+        want = migrate.head()
+        if have is None:
+            raise SchemaNotReady(
+                f"the database at {self.url} has no pdp schema; "
+                f"run `pdp db upgrade --db {self.url}`"
+            )
+        if have != want:
+            raise SchemaNotReady(
+                f"the database at {self.url} is at schema {have}, this pdp needs {want}; "
+                f"run `pdp db upgrade --db {self.url}`"
+            )
+
+    def run(self, fn: Callable[[Engine], T]) -> T:
+        """Run `fn(engine)` (migrations, admin tasks) with database errors translated."""
+        try:
+            return fn(self.engine)
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from None
+
+    # ------------------------------------------------------------------ errors
+
+    def _translate(self, exc: BaseException) -> StoreError:
+        """A database exception → one clear StoreError naming the (redacted) URL."""
+        text_ = str(getattr(exc, "orig", None) or exc)
+        low = text_.lower()
+        if "no such table" in low or "does not exist" in low and "relation" in low:
+            return SchemaNotReady(
+                f"the database at {self.url} has no pdp schema; "
+                f"run `pdp db upgrade --db {self.url}`"
+            )
+        if isinstance(exc, DBAPIError) and (
+            exc.connection_invalidated or _is_connection_error(exc)
+        ):
+            return StoreUnavailable(
+                f"cannot reach the database at {self.url}: {short_reason(text_)}"
+            )
+        if isinstance(exc, IntegrityError):
+            return StoreError(
+                f"the database at {self.url} refused the change: {short_reason(text_)}"
+            )
+        return StoreError(f"database error at {self.url}: {short_reason(text_)}")
+
+    def _read(self, fn: Callable[[Connection], T], *, snapshot: bool = False) -> T:
+        """Run a read; retry once on a connection the pool had kept from before an outage.
+
+        `snapshot`: all of `fn`'s statements see one state of the database (a
+        REPEATABLE READ transaction on PostgreSQL); otherwise each runs in autocommit.
+        """
+        for attempt in (0, 1):
+            try:
+                if snapshot:
+                    with self.engine.connect() as conn:
+                        if self.is_postgresql:
+                            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                        with conn.begin():
+                            return fn(conn)
+                with self._reader.connect() as conn:
+                    return fn(conn)
+            except DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 0:
+                    continue
+                raise self._translate(exc) from None
+            except SQLAlchemyError as exc:
+                raise self._translate(exc) from None
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ reads
+
+    def revision(self) -> int:
+        """The store revision: bumped by every change."""
+        rev: int = self._read(
+            lambda c: c.execute(
+                select(_REVISION.c.revision).where(_REVISION.c.id == 1)
+            ).scalar_one()
+        )
+        self._last_revision = rev
+        return rev
+
+    @property
+    def bindings_version(self) -> str | None:
+        """The revision seen by the latest read, reported with decisions."""
+        return None if self._last_revision is None else str(self._last_revision)
+
+    def lookup(self, subject: str, scopes: Sequence[str], now: datetime) -> Lookup:
+        """Unexpired bindings of `subject` and its groups (nested) in `scopes`: one query."""
+        n = len(scopes)
+        sql = self._lookup_sql.get(n)
+        if sql is None:
+            sql = self._lookup_sql[n] = lookup_sql(n, self._paramstyle)
+        stamp = self._bind_time(now)
+        params = (subject, *scopes, stamp)
+        result = self._read(lambda c: c.exec_driver_sql(sql, params).all())
+        revision = 0
+        rows: list[tuple[str, datetime | None]] = []
+        read_time = self._read_time
+        for role, expires, rev in result:
+            if role is None:
+                revision = int(rev)
+            else:
+                rows.append((role, None if expires is None else read_time(expires)))
+        self._last_revision = revision
+        return Lookup(revision, tuple(rows))
+
+    def roles_for(self, subject: str, scopes: Sequence[str], now: datetime) -> frozenset[str]:
+        """`RoleSource`: roles held by `subject` (directly or through groups) in `scopes`."""
+        return self.lookup(subject, scopes, now).roles(now)
+
+    def attributes(self, subject: str) -> Mapping[str, Any]:
+        """`RoleSource`: the subject's stored, trusted attributes; empty when unknown."""
+        attrs = self._read(
+            lambda c: c.execute(
+                select(_SUBJECTS.c.attributes).where(_SUBJECTS.c.key == subject)
+            ).scalar_one_or_none()
+        )
+        return MappingProxyType(dict(attrs or {}))
+
+    def list_bindings(
+        self,
+        *,
+        subject: str | None = None,
+        role: str | None = None,
+        scope: str | None = None,
+        include_expired: bool = True,
+        now: datetime | None = None,
+    ) -> list[RoleBinding]:
+        """Bindings matching every filter given, ordered by subject, scope and role."""
+        b = _BINDINGS.c
+        q = select(b.subject, b.role, b.scope, b.expires_at, b.created_by, b.created_at)
+        if subject is not None:
+            q = q.where(b.subject == v.subject_key(subject))
+        if role is not None:
+            q = q.where(b.role == role)
+        if scope is not None:
+            q = q.where(b.scope == v.scope(scope))
+        if not include_expired:
+            q = q.where(b.expires_at.is_(None) | (b.expires_at > (now or _utcnow())))
+        q = q.order_by(b.subject, b.scope, b.role)
+        rows = self._read(lambda c: c.execute(q).all())
+        return [RoleBinding(*row) for row in rows]
+
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Every group with members → its direct members, sorted."""
+        m = _MEMBERSHIPS.c
+        rows = self._read(
+            lambda c: c.execute(
+                select(m.group_key, m.member_key).order_by(m.group_key, m.member_key)
+            ).all()
+        )
+        out: dict[str, list[str]] = defaultdict(list)
+        for g, member in rows:
+            out[g].append(member)
+        return {g: tuple(ms) for g, ms in out.items()}
+
+    def members(self, group: str) -> tuple[str, ...]:
+        """Direct members of `group`."""
+        key = v.group_key(group)
+        m = _MEMBERSHIPS.c
+        rows = self._read(
+            lambda c: (
+                c.execute(select(m.member_key).where(m.group_key == key).order_by(m.member_key))
+                .scalars()
+                .all()
+            )
+        )
+        return tuple(rows)
+
+    def subject_info(self, subject: str, now: datetime | None = None) -> SubjectInfo:
+        """Attributes, groups (direct and nested), members, and bindings of one subject."""
+        key = v.subject_key(subject)
+        now = now or _utcnow()
+
+        def read(c: Connection) -> SubjectInfo:
+            attrs = c.execute(
+                select(_SUBJECTS.c.attributes).where(_SUBJECTS.c.key == key)
+            ).one_or_none()
+            m = _MEMBERSHIPS.c
+            direct = (
+                c.execute(select(m.group_key).where(m.member_key == key).order_by(m.group_key))
+                .scalars()
+                .all()
+            )
+            members = (
+                c.execute(select(m.member_key).where(m.group_key == key).order_by(m.member_key))
+                .scalars()
+                .all()
+            )
+            nested = sorted(c.execute(_GROUPS_OF_SQL, {"subject": key}).scalars().all())
+            b = _BINDINGS.c
+            cols = (b.subject, b.role, b.scope, b.expires_at, b.created_by, b.created_at)
+            own = c.execute(select(*cols).where(b.subject == key).order_by(b.scope, b.role)).all()
+            inherited = (
+                c.execute(
+                    select(*cols).where(b.subject.in_(nested)).order_by(b.subject, b.scope, b.role)
+                ).all()
+                if nested
+                else []
+            )
+            return SubjectInfo(
+                key,
+                attrs is not None,
+                MappingProxyType(dict(attrs[0] or {})) if attrs else MappingProxyType({}),
+                tuple(direct),
+                tuple(nested),
+                tuple(members),
+                tuple(RoleBinding(*r) for r in own),
+                tuple(RoleBinding(*r) for r in inherited),
+            )
+
+        return self._read(read, snapshot=True)
+
+    def export(self, *, include_expired: bool = False, now: datetime | None = None) -> Bindings:
+        """The whole store as `Bindings` (what `dump_bindings` writes as YAML).
+
+        Expired bindings are left out unless asked for: they grant nothing, and an
+        import refuses expiries in the past.
+        """
+        now = now or _utcnow()
+
+        def read(c: Connection) -> Bindings:
+            s = _SUBJECTS.c
+            subjects = {
+                k: dict(a)
+                for k, a in c.execute(select(s.key, s.attributes).order_by(s.key)).all()
+                if a
+            }
+            m = _MEMBERSHIPS.c
+            groups: dict[str, set[str]] = defaultdict(set)
+            for g, member in c.execute(select(m.group_key, m.member_key)).all():
+                groups[g].add(member)
+            b = _BINDINGS.c
+            q = select(b.subject, b.role, b.scope, b.expires_at, b.created_by).order_by(
+                b.subject, b.scope, b.role
+            )
+            if not include_expired:
+                q = q.where(b.expires_at.is_(None) | (b.expires_at > now))
+            rows = c.execute(q).all()
+            return Bindings(
+                subjects=subjects,
+                groups={g: frozenset(ms) for g, ms in sorted(groups.items())},
+                bindings=tuple(RoleBinding(*r) for r in rows),
+            )
+
+        return self._read(read, snapshot=True)
+
+    # ------------------------------------------------------------------ writes
+
+    @contextmanager
+    def _write(self, now: datetime | None = None) -> Iterator[_Tx]:
+        """One transaction that bumps the revision first and rolls back if nothing changed."""
+        try:
+            with self.engine.connect() as conn:
+                trans = conn.begin()
+                try:
+                    rev = conn.execute(
+                        update(_REVISION)
+                        .where(_REVISION.c.id == 1)
+                        .values(revision=_REVISION.c.revision + 1)
+                        .returning(_REVISION.c.revision)
+                    ).scalar_one()
+                    tx = _Tx(conn, int(rev), now or _utcnow())
+                    yield tx
+                    if not tx.changes:
+                        trans.rollback()
+                        tx.revision -= 1
+                        return
+                    if self.is_postgresql:
+                        # Delivered to every LISTENer when (and only if) this commits.
+                        conn.execute(
+                            text("SELECT pg_notify(:channel, :payload)"),
+                            {"channel": NOTIFY_CHANNEL, "payload": str(tx.revision)},
+                        )
+                    trans.commit()
+                    self._last_revision = tx.revision
+                except BaseException:
+                    if trans.is_active:
+                        trans.rollback()
+                    raise
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from None
+
+    def _ensure_subjects(self, tx: _Tx, keys: Iterable[str]) -> None:
+        """Create rows (no attributes) for subjects referenced but not stored yet."""
+        rows = [_subject_row(k, tx.now) for k in sorted(set(keys))]
+        if rows:
+            tx.conn.execute(self._insert_ignore(_SUBJECTS), rows)
+
+    def _insert_ignore(self, table: Table) -> Any:
+        if self.is_postgresql:
+            return pg_dialect.insert(table).on_conflict_do_nothing()
+        return sqlite_dialect.insert(table).on_conflict_do_nothing()
+
+    def grant(
+        self,
+        subject: str,
+        role: str,
+        scope: str = "global",
+        *,
+        expires: datetime | None = None,
+        created_by: str | None = None,
+        roles: v.RoleCatalog | None = None,
+        now: datetime | None = None,
+    ) -> WriteResult:
+        """Bind `role` to `subject` within `scope`.
+
+        A duplicate grant changes nothing and says so (`changed` False); a grant that
+        differs only in expiry updates the expiry. Bad input raises `InvalidInput`
+        before the database is touched.
+        """
+        now = now or _utcnow()
+        key = v.subject_key(subject)
+        scope = v.scope(scope)
+        if roles is not None:
+            roles.check(role)
+        expires = v.expiry(expires, now)
+        b = _BINDINGS.c
+        with self._write(now) as tx:
+            existing = tx.conn.execute(
+                select(b.pk, b.expires_at).where(b.subject == key, b.scope == scope, b.role == role)
+            ).one_or_none()
+            where = f"`{role}` in `{scope}`"
+            if existing is None:
+                self._ensure_subjects(tx, [key])
+                tx.conn.execute(
+                    _BINDINGS.insert().values(
+                        subject=key,
+                        role=role,
+                        scope=scope,
+                        expires_at=expires,
+                        created_by=created_by,
+                        created_at=now,
+                    )
+                )
+                tx.changes.append(Change("grant", key, f"{where}{until_text(expires)}"))
+                message = f"granted {where} to `{key}`{until_text(expires)}"
+            elif existing.expires_at != expires:
+                tx.conn.execute(
+                    update(_BINDINGS).where(b.pk == existing.pk).values(expires_at=expires)
+                )
+                tx.changes.append(Change("update-expiry", key, f"{where}{until_text(expires)}"))
+                message = (
+                    f"`{key}` already held {where}; expiry now{until_text(expires) or ' never'}"
+                )
+            else:
+                message = f"`{key}` already holds {where}; nothing changed"
+        return WriteResult(bool(tx.changes), tx.revision, tuple(tx.changes), message)
+
+    def revoke(self, subject: str, role: str, scope: str = "global") -> WriteResult:
+        """Remove one binding; `NotFound` when there is none."""
+        key = v.subject_key(subject)
+        scope = v.scope(scope)
+        b = _BINDINGS.c
+        with self._write() as tx:
+            n = tx.conn.execute(
+                delete(_BINDINGS).where(b.subject == key, b.scope == scope, b.role == role)
+            ).rowcount
+            if not n:
+                raise NotFound(f"`{key}` holds no `{role}` in `{scope}`; nothing to revoke")
+            tx.changes.append(Change("revoke", key, f"`{role}` in `{scope}`"))
+        return WriteResult(
+            True, tx.revision, tuple(tx.changes), f"revoked `{role}` in `{scope}` from `{key}`"
+        )
+
+    def set_attributes(
+        self,
+        subject: str,
+        values: Mapping[str, Any],
+        unset: Iterable[str] = (),
+        *,
+        replace: bool = False,
+    ) -> WriteResult:
+        """Merge `values` into the subject's attributes (or replace them), removing `unset`."""
+        key = v.subject_key(subject)
+        unset = list(unset)
+        for k in [*values, *unset]:
+            if not isinstance(k, str) or not k:
+                raise InvalidInput(f"attribute name `{k}` must be a non-empty string")
+        s = _SUBJECTS.c
+        with self._write() as tx:
+            self._ensure_subjects(tx, [key])
+            old = tx.conn.execute(select(s.attributes).where(s.key == key)).scalar_one() or {}
+            new = {} if replace else dict(old)
+            new.update(values)
+            for k in unset:
+                new.pop(k, None)
+            if new != old:
+                tx.conn.execute(
+                    update(_SUBJECTS).where(s.key == key).values(attributes=new, updated_at=tx.now)
+                )
+                tx.changes.append(Change("set-attributes", key, attrs_text(new)))
+        msg = f"attributes of `{key}`: {attrs_text(new)}" if tx.changes else "nothing changed"
+        return WriteResult(bool(tx.changes), tx.revision, tuple(tx.changes), msg)
+
+    def add_member(self, group: str, member: str, *, created_by: str | None = None) -> WriteResult:
+        """Put `member` in `group`; refuses a membership that would close a cycle."""
+        g = v.group_key(group)
+        m = v.subject_key(member)
+        if g == m:
+            raise InvalidInput(f"`{g}` cannot be a member of itself")
+        mc = _MEMBERSHIPS.c
+        with self._write() as tx:
+            exists = tx.conn.execute(
+                select(mc.group_key).where(mc.group_key == g, mc.member_key == m)
+            ).first()
+            if exists:
+                return_msg = f"`{m}` is already a member of `{g}`; nothing changed"
+            else:
+                # INVARIANT: the revision row is locked, so no other writer can add the
+                # other half of a cycle between this check and the insert.
+                if tx.conn.execute(_CONTAINS_SQL, {"member": m, "group": g}).first():
+                    raise InvalidInput(
+                        f"adding `{m}` to `{g}` would make a cycle: `{m}` already contains `{g}`"
+                    )
+                self._ensure_subjects(tx, [g, m])
+                tx.conn.execute(
+                    _MEMBERSHIPS.insert().values(
+                        group_key=g, member_key=m, created_by=created_by, created_at=tx.now
+                    )
+                )
+                tx.changes.append(Change("add-member", g, m))
+                return_msg = f"added `{m}` to `{g}`"
+        return WriteResult(bool(tx.changes), tx.revision, tuple(tx.changes), return_msg)
+
+    def remove_member(self, group: str, member: str) -> WriteResult:
+        """Take `member` out of `group`; `NotFound` when it was not in it."""
+        g = v.group_key(group)
+        m = v.subject_key(member)
+        mc = _MEMBERSHIPS.c
+        with self._write() as tx:
+            n = tx.conn.execute(
+                delete(_MEMBERSHIPS).where(mc.group_key == g, mc.member_key == m)
+            ).rowcount
+            if not n:
+                raise NotFound(f"`{m}` is not a member of `{g}`; nothing to remove")
+            tx.changes.append(Change("remove-member", g, m))
+        return WriteResult(True, tx.revision, tuple(tx.changes), f"removed `{m}` from `{g}`")
+
+    # ------------------------------------------------------------------ import
+
+    def import_bindings(
+        self,
+        doc: Bindings,
+        *,
+        replace: bool = False,
+        dry_run: bool = False,
+        roles: v.RoleCatalog | None = None,
+        created_by: str | None = None,
+        now: datetime | None = None,
+    ) -> WriteResult:
+        """Make the store hold what `doc` holds, in one transaction (see `plan_import`).
+
+        Importing the same document twice changes nothing the second time. `dry_run`
+        computes the same changes and rolls back. Any problem (a role no policy
+        declares, an expiry in the past, a cycle across document and store) raises
+        `InvalidInput` listing every problem, and nothing changes.
+        """
+        now = now or _utcnow()
+        check_document(doc, roles)
+        with self._write(now) as tx:
+            plan = plan_import(doc, self._stored_state(tx.conn), replace=replace, now=now)
+            changes = plan.changes()
+            if plan and not dry_run:
+                self._apply(tx, plan, created_by)
+                tx.changes.extend(changes)
+        applied = bool(tx.changes)
+        return WriteResult(
+            applied,
+            tx.revision,
+            tuple(changes),
+            summary(changes, applied=applied, dry_run=dry_run),
+            tuple(plan.notes()),
+        )
+
+    def _stored_state(self, c: Connection) -> StoredState:
+        s, m, b = _SUBJECTS.c, _MEMBERSHIPS.c, _BINDINGS.c
+        return StoredState(
+            attributes={k: a or {} for k, a in c.execute(select(s.key, s.attributes)).all()},
+            memberships={(g, mem) for g, mem in c.execute(select(m.group_key, m.member_key))},
+            bindings={
+                (subj, sc, role): (pk, exp)
+                for pk, subj, sc, role, exp in c.execute(
+                    select(b.pk, b.subject, b.scope, b.role, b.expires_at)
+                )
+            },
+        )
+
+    def _apply(self, tx: _Tx, plan: ImportPlan, created_by: str | None) -> None:
+        c, now = tx.conn, tx.now
+        s, m, b = _SUBJECTS.c, _MEMBERSHIPS.c, _BINDINGS.c
+        self._bulk_insert(c, _SUBJECTS, [_subject_row(k, now) for k in plan.new_subjects])
+        if plan.set_attributes:
+            c.execute(
+                update(_SUBJECTS)
+                .where(s.key == bindparam("k"))
+                .values(attributes=bindparam("a"), updated_at=now),
+                [{"k": k, "a": a} for k, a in plan.set_attributes.items()],
+            )
+        if plan.remove_members:
+            c.execute(
+                delete(_MEMBERSHIPS).where(
+                    m.group_key == bindparam("g"), m.member_key == bindparam("mem")
+                ),
+                [{"g": g, "mem": mem} for g, mem in plan.remove_members],
+            )
+        self._bulk_insert(
+            c,
+            _MEMBERSHIPS,
+            [
+                {"group_key": g, "member_key": mem, "created_by": created_by, "created_at": now}
+                for g, mem in plan.add_members
+            ],
+        )
+        if plan.revokes:
+            c.execute(
+                delete(_BINDINGS).where(b.pk == bindparam("p")),
+                [{"p": pk} for _, pk in plan.revokes],
+            )
+        if plan.updates:
+            c.execute(
+                update(_BINDINGS).where(b.pk == bindparam("p")).values(expires_at=bindparam("e")),
+                [{"p": pk, "e": rb.expires} for pk, rb in plan.updates],
+            )
+        self._bulk_insert(
+            c,
+            _BINDINGS,
+            [
+                {
+                    "subject": rb.subject,
+                    "role": rb.role,
+                    "scope": rb.scope,
+                    "expires_at": rb.expires,
+                    "created_by": rb.created_by or created_by,
+                    "created_at": now,
+                }
+                for rb in plan.grants
+            ],
+        )
+
+    def _bulk_insert(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert many rows fast: COPY on PostgreSQL, executemany on SQLite."""
+        if not rows:
+            return
+        if self.is_postgresql and len(rows) > 500:
+            cols = list(rows[0])
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            json_cols = {c for c in cols if c == "attributes"}
+            with raw.cursor() as cur:
+                sql = f"COPY {table.name} ({', '.join(cols)}) FROM STDIN"
+                with cur.copy(sql) as copy:
+                    for row in rows:
+                        copy.write_row(
+                            [json.dumps(row[c]) if c in json_cols else row[c] for c in cols]
+                        )
+            return
+        conn.execute(table.insert(), rows)
+
+
+# ---------------------------------------------------------------------- engine
+
+
+def _is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _create_engine(
+    url: URL, connect_timeout: float, pool_size: int, *, autocommit: bool = False
+) -> Engine:
+    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    if url.get_backend_name() == "sqlite":
+        memory = _is_memory(url)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": max(connect_timeout, 5.0)},
+            # One in-memory database is one connection: share it.
+            poolclass=StaticPool if memory else None,
+            **isolation,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from pysqlite (its legacy mode does not BEGIN
+            # before DDL or SELECT), so every SQLAlchemy transaction is a real one.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys = ON")
+            if not memory:
+                # Readers never wait for the writer; durable at each checkpoint.
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.execute("PRAGMA synchronous = NORMAL")
+            cur.close()
+
+        if not autocommit:
+
+            @event.listens_for(engine, "begin")
+            def _on_begin(conn: Connection) -> None:
+                conn.exec_driver_sql("BEGIN")
+
+        return engine
+    return create_engine(
+        url,
+        connect_args={
+            "connect_timeout": max(1, round(connect_timeout)),
+            # Shows in pg_stat_activity; a URL's own application_name wins.
+            "application_name": url.query.get("application_name", "pdp"),
+        },
+        pool_size=pool_size,
+        max_overflow=pool_size * 2,
+        **isolation,
+    )
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    """Driver errors that mean "the database is not there" rather than "the query is wrong"."""
+    # psycopg raises OperationalError for refused/closed/timed-out connections and
+    # sqlite3 for a file it cannot open; "no such table" was handled before this.
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def short_reason(text_: str) -> str:
+    """A one-line, lowercase reason from a driver's message."""
+    low = text_.lower()
+    for needle, short in (
+        ("connection refused", "connection refused"),
+        ("timeout expired", "connection timed out"),
+        ("timed out", "connection timed out"),
+        ("could not translate host name", "unknown host"),
+        ("name or service not known", "unknown host"),
+        ("password authentication failed", "password authentication failed"),
+        ("does not exist", None),
+        ("server closed the connection", "the server closed the connection"),
+        ("unable to open database file", "unable to open database file"),
+        ("database is locked", "database is locked"),
+    ):
+        if needle in low:
+            if short is None:
+                break
+            return short
+    first = text_.strip().splitlines()[0] if text_.strip() else "unknown error"
+    first = first.removeprefix("connection failed: ").strip()
+    return first[:1].lower() + first[1:] if first else first
+
+
+def _subject_row(key: str, now: datetime) -> dict[str, Any]:
+    kind, ident = key.split(":", 1)
+    return {"key": key, "type": kind, "id": ident, "attributes": {}, "updated_at": now}
+
+
+def open_store(url: str | URL, **kwargs: Any) -> SqlStore:
+    """Open the store at `url` (see `SqlStore`)."""
+    return SqlStore(url, **kwargs)
+
+
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "Change",
+    "Lookup",
+    "SqlStore",
+    "SubjectInfo",
+    "WriteResult",
+    "open_store",
+]

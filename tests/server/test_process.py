@@ -1,0 +1,148 @@
+"""`pdp serve` as a process: config file and flags, SIGTERM drain, --workers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from pdp.client import Decision, PdpClient, PdpError
+from tests.server.support import (
+    ALICE,
+    DOC,
+    drain_output,
+    free_port,
+    health_status,
+    start_process,
+    wait_for,
+)
+
+
+def test_sigterm_drains_in_flight_calls_and_flushes(policy_dir: Path, tmp_path: Path) -> None:
+    records = tmp_path / "records.jsonl"
+    proc = start_process(["-m", "tests.server.slow_server", str(policy_dir), str(records), "1.0"])
+    target = f"127.0.0.1:{proc.port}"
+    try:
+        wait_for(lambda: health_status(target) == "SERVING", what="SERVING")
+        results: list[Decision | Exception] = []
+
+        def one() -> None:
+            with PdpClient(target, timeout=10) as c:
+                try:
+                    results.append(c.check(ALICE, "read", DOC))
+                except PdpError as exc:
+                    results.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        threading.Event().wait(0.4)  # the calls are now inside the 1 s role lookup
+        proc.terminate()
+        threading.Event().wait(0.2)
+        with PdpClient(target, timeout=2) as late, pytest.raises(PdpError) as refused:
+            late.check(ALICE, "read", DOC)  # draining: no new calls
+        assert refused.value.code == "UNAVAILABLE"
+        for t in threads:
+            t.join(15)
+        assert proc.wait(20) == 0
+        assert all(isinstance(r, Decision) and r.allowed for r in results), results
+        flushed = [json.loads(line) for line in records.read_text().splitlines()]
+        assert sorted(r["decision_id"] for r in flushed) == sorted(
+            r.decision_id for r in results if isinstance(r, Decision)
+        )
+        out = drain_output(proc)
+        assert "SIGTERM received; draining" in out
+        assert "Traceback" not in out
+    finally:
+        proc.kill()
+
+
+def test_serve_with_config_file_env_and_flags(
+    policy_dir: Path, bindings_file: Path, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "pdp.toml"
+    cfg.write_text(
+        f"""
+listen = "127.0.0.1:1"
+policies = "{policy_dir.name}"
+
+[store]
+bindings_file = "{bindings_file.name}"
+
+[limits]
+max_batch = 2
+""",
+        encoding="utf-8",
+    )
+    proc = start_process(
+        ["-m", "pdp.cli.main", "serve", "--config", str(cfg), "--listen", "127.0.0.1:0"]
+    )
+    try:
+        with PdpClient(f"127.0.0.1:{proc.port}", timeout=5) as c:
+            wait_for(lambda: c.server_info().policy_version, what="policies")
+            assert c.check(ALICE, "read", DOC).allowed
+            with pytest.raises(PdpError, match="more than 2"):
+                c.check_actions(ALICE, ["read"] * 3, DOC)
+        proc.terminate()
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+
+
+def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "pdp.toml"
+    cfg.write_text('[limits]\nmax_batch = "ten"\n', encoding="utf-8")
+    r = subprocess.run(
+        [sys.executable, "-m", "pdp.cli.main", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f'error: {cfg}: limits.max_batch: must be a positive integer, got "ten"'
+    )
+
+
+def test_workers_share_one_port(policy_dir: Path, bindings_file: Path) -> None:
+    port = free_port()
+    proc = start_process(
+        [
+            "-m",
+            "pdp.cli.main",
+            "serve",
+            "--workers",
+            "2",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--policies",
+            str(policy_dir),
+            "--bindings-file",
+            str(bindings_file),
+        ],
+        listening=2,
+        timeout=60,
+    )
+    try:
+        pids: set[int] = set()
+
+        def both_answer() -> bool:
+            # A new connection each time: the kernel spreads connections, not calls.
+            with PdpClient(f"127.0.0.1:{port}", timeout=5) as c:
+                info = c.server_info()
+                if info.policy_version:
+                    assert c.check(ALICE, "read", DOC).allowed
+                    pids.add(info.pid)
+            return len(pids) == 2
+
+        wait_for(both_answer, timeout=30, what="both workers to answer")
+        assert proc.popen.pid not in pids  # the supervisor does not serve
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()

@@ -1,0 +1,94 @@
+"""Hot reload through the real server: good change, bad change, deleted file, bindings."""
+
+from __future__ import annotations
+
+from pdp.client import PdpClient
+from pdp.v1 import decision_pb2 as pb
+from tests.server.support import ALICE, DOC, NOTE, Running, wait_for
+
+
+def version(client: PdpClient) -> str:
+    return client.server_info().policy_version
+
+
+def failed_reload(client: PdpClient) -> pb.ServerInfoResponse | None:
+    info = client.server_info()
+    return None if info.last_reload.ok else info
+
+
+def test_good_change_is_swapped_in(running: Running) -> None:
+    client = running.client
+    before = version(client)
+    assert not client.check(ALICE, "write", DOC).allowed
+    docs = running.policy_dir / "docs.pdp"
+    docs.write_text(
+        docs.read_text().replace("permit editor to write", "permit viewer to write"),
+        encoding="utf-8",
+    )
+    after = wait_for(lambda: (v := version(client)) != before and v, what="a new version")
+    d = client.check(ALICE, "write", DOC)
+    assert d.allowed and d.reasons == ("doc.editor-write",)
+    assert d.policy_version == after
+    info = client.server_info()
+    assert info.last_reload.ok and info.last_reload.policy_version == after
+
+
+def test_bad_change_keeps_the_last_good_set(running: Running) -> None:
+    client = running.client
+    good = version(client)
+    docs = running.policy_dir / "docs.pdp"
+    text = docs.read_text()
+    docs.write_text(text.replace("permit viewer to read", "permit viewr to read"), "utf-8")
+    info = wait_for(lambda: failed_reload(client), what="the failed reload")
+    assert info.policy_version == good  # still serving the last good set
+    assert info.last_reload.policy_version not in ("", good)
+    errors = "\n".join(info.last_reload.errors)
+    assert "docs.pdp:7:10: error[unknown_role]" in errors
+    assert "permit viewr to read" in errors  # the line, with a caret under it
+    d = client.check(ALICE, "read", DOC)
+    assert d.allowed and d.policy_version == good
+    # Fixing the file recovers; the version is the original one again.
+    docs.write_text(text, "utf-8")
+    wait_for(lambda: client.server_info().last_reload.ok, what="the recovery")
+    assert version(client) == good
+
+
+def test_deleted_file_removes_its_rules(running: Running) -> None:
+    client = running.client
+    before = version(client)
+    assert client.check(ALICE, "read", NOTE).allowed
+    (running.policy_dir / "notes.pdp").unlink()
+    wait_for(lambda: version(client) != before, what="a new version")
+    d = client.check(ALICE, "read", NOTE)
+    assert not d.allowed and d.diagnostics[0].code == "unknown_resource_type"
+    assert client.server_info().policy_files == 2
+
+
+def test_deleting_every_file_keeps_serving(running: Running) -> None:
+    client = running.client
+    before = version(client)
+    for f in running.policy_dir.glob("*.pdp"):
+        f.unlink()
+    info = wait_for(lambda: failed_reload(client), what="the failed reload")
+    assert "no policy files found" in info.last_reload.errors[0]
+    assert client.check(ALICE, "read", DOC).policy_version == before
+
+
+def test_bindings_file_change(running: Running) -> None:
+    client = running.client
+    before = client.server_info().bindings_version
+    assert not client.check(ALICE, "write", DOC).allowed
+    text = running.bindings_file.read_text()
+    running.bindings_file.write_text(
+        text.replace("{subject: user:alice, role: viewer", "{subject: user:alice, role: editor"),
+        encoding="utf-8",
+    )
+    wait_for(lambda: client.server_info().bindings_version != before, what="new bindings")
+    d = client.check(ALICE, "write", DOC)
+    assert d.allowed and d.bindings_version != before
+    # A broken bindings file keeps the last good bindings.
+    good = client.server_info().bindings_version
+    running.bindings_file.write_text("bindings: [{subject: nobody}]", encoding="utf-8")
+    info = wait_for(lambda: failed_reload(client), what="the failed bindings reload")
+    assert info.last_reload.what == "bindings" and info.bindings_version == good
+    assert client.check(ALICE, "write", DOC).allowed
