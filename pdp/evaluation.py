@@ -11,27 +11,25 @@ it copied into each decision.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from pdp.engine.bindings import RoleSource
 from pdp.engine.compile import CompiledPolicySet
 from pdp.engine.decide import decide, decide_all
 from pdp.engine.decision import Decision, Diagnostic
-from pdp.engine.request import Request
+from pdp.engine.request import Request, Subject
 from pdp.store.errors import StoreError
 
 
-def enrich(request: Request, source: RoleSource) -> Request:
-    """The request with the subject's stored attributes added; stored values win.
+def enrich(subject: Subject, source: RoleSource) -> Subject:
+    """The subject with its stored attributes added; stored values win.
 
     Stored attributes are trusted; a caller may add properties but never override one.
     """
-    stored = source.attributes(request.subject.key)
+    stored = source.attributes(subject.key)
     if not stored:
-        return request
-    subject = replace(request.subject, properties={**request.subject.properties, **stored})
-    return replace(request, subject=subject)
+        return subject
+    return Subject(subject.type, subject.id, {**subject.properties, **stored})
 
 
 def evaluate(
@@ -53,20 +51,27 @@ def evaluate(
         while j < len(requests) and _same_target(first, requests[j]):
             j += 1
         try:
-            group = [enrich(r if r.now else replace(r, now=clock), source) for r in requests[i:j]]
+            # The group shares its subject, so stored attributes are merged once.
+            subject = enrich(first.subject, source)
+            group = [
+                r
+                if r.subject is subject and r.now
+                else Request(subject, r.action, r.resource, r.context, r.now or clock)
+                for r in requests[i:j]
+            ]
             roles = source.roles_for(first.subject.key, first.resource.scopes(), clock)
+            # Read after the lookup: the revision those roles came from (a store's first
+            # lookup is what tells it the revision at all).
+            version: str | None = getattr(source, "bindings_version", None)
         except StoreError as exc:
             # Fail closed: without the subject's roles and attributes nothing is allowed.
             out.extend(_store_failed(policy, r, exc) for r in requests[i:j])
             i = j
             continue
         if len(group) == 1:
-            decided = [decide(policy, group[0], roles, explain=explain)]
+            decided = [decide(policy, group[0], roles, explain=explain, bindings_version=version)]
         else:
-            decided = decide_all(policy, group, roles, explain=explain)
-        version: str | None = getattr(source, "bindings_version", None)
-        if version is not None:
-            decided = [replace(d, bindings_version=version) for d in decided]
+            decided = decide_all(policy, group, roles, explain=explain, bindings_version=version)
         out.extend(decided)
         i = j
     return out

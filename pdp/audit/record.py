@@ -451,13 +451,17 @@ def build_record(
         resource = _section(
             type=resource_type, id=resource_id, properties=resource_props, ancestors=ancestors
         )
-        parts = {"subject": subject, "action": action, "resource": resource, "context": context}
+        parts: dict[str, dict[str, Any] | None] = {
+            "subject": subject,
+            "action": action,
+            "resource": resource,
+            "context": context,
+        }
         for section, value in parts.items():
             tree = config.redacts(section)
             if tree is not None and value is not None:
                 parts[section] = _redact(value, tree)[0]
-        subject, action, resource = parts["subject"], parts["action"], parts["resource"]
-        assert subject is not None and action is not None and resource is not None
+        subject, action, resource = (parts[k] or {} for k in ("subject", "action", "resource"))
         subject_type, subject_id = str(subject["type"]), str(subject["id"])
         subject_props, action_props = subject.get("properties"), action.get("properties")
         resource_type, resource_id = str(resource["type"]), str(resource["id"])

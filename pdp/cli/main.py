@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from pdp import __version__
-from pdp.cli import bindings, check, db, groups, serve, store, subjects, test, validate
+from pdp.cli import audit, bindings, check, db, groups, serve, store, subjects, test, validate
 
-VERBS = (validate, check, test, serve, bindings, subjects, groups, store, db)
+VERBS = (validate, check, test, serve, bindings, subjects, groups, store, db, audit)
 
 EPILOG = """\
 exit codes:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             store = SqlStore(args.db)
         except StoreError as exc:
-            return fail(escape(exc.message))
+            return fail(exc.message)
         try:
             results = run_suites(root, bindings_override=store)
         finally:
@@ -56,12 +56,15 @@ def run(args: argparse.Namespace) -> int:
         Path(args.junit).write_text(junit_xml(results), encoding="utf-8")
     cases = sum(len(s.cases) for s in results)
     failed = sum(s.failed for s in results)
+    failed_cases = sum(not c.passed for s in results for c in s.cases)
+    broken = sum(1 for s in results if s.error)
     if args.json:
         print_json(
             {
                 "suites": len(results),
                 "cases": cases,
-                "failed": failed,
+                "failed": failed_cases,
+                "broken_suites": broken,
                 "results": [
                     {
                         "suite": s.name,
@@ -85,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
         for c in s.cases:
             if not c.passed:
                 out.print(f"    [red]FAIL[/] {escape(c.name)}: {escape(c.message)}")
-    failed_cases = sum(not c.passed for s in results for c in s.cases)
-    broken = sum(1 for s in results if s.error)
     summary = (
         f"{len(results)} suite(s), {cases} case(s): {cases - failed_cases} passed, "
         f"{failed_cases} failed" + (f", {broken} suite(s) could not run" if broken else "")

@@ -23,15 +23,19 @@ def decide(
     *,
     explain: bool = False,
     env: Env | None = None,
+    bindings_version: str | None = None,
 ) -> Decision:
-    """Decide one request. `roles` are the roles the subject holds on the resource."""
+    """Decide one request. `roles` are the roles the subject holds on the resource.
+
+    `bindings_version`, the revision the roles were read at, is only carried along.
+    """
     candidates = policy.index.get((request.resource.type, request.action.name))
     if candidates is None:
-        return _unknown(policy, request)
+        return _unknown(policy, request, bindings_version)
     if env is None:
         env = Env(request, roles, policy.derived)
     if explain:
-        return _decide_explained(policy, request, env)
+        return _decide_explained(policy, request, env, bindings_version)
 
     reasons: list[str] = []
     diagnostics: list[Diagnostic] = []
@@ -52,6 +56,7 @@ def decide(
             tuple(diagnostics),
             policy.version,
             tuple(sorted(used)) if used else (),
+            bindings_version=bindings_version,
         )
     for rule in candidates.permits:
         try:
@@ -66,6 +71,7 @@ def decide(
         tuple(diagnostics),
         policy.version,
         tuple(sorted(used)) if used else (),
+        bindings_version=bindings_version,
     )
 
 
@@ -75,6 +81,7 @@ def decide_all(
     roles: frozenset[str] = frozenset(),
     *,
     explain: bool = False,
+    bindings_version: str | None = None,
 ) -> list[Decision]:
     """Decide several actions of one subject on one resource, sharing derived roles."""
     if not requests:
@@ -82,7 +89,14 @@ def decide_all(
     env = Env(requests[0], roles, policy.derived)
     env.per_action = policy.action_dependent_derived
     return [
-        decide(policy, r, roles, explain=explain, env=env if i == 0 else env.with_action(r))
+        decide(
+            policy,
+            r,
+            roles,
+            explain=explain,
+            env=env if i == 0 else env.with_action(r),
+            bindings_version=bindings_version,
+        )
         for i, r in enumerate(requests)
     ]
 
@@ -137,7 +151,9 @@ def _derived(name: str, env: Env) -> bool:
     return value
 
 
-def _decide_explained(policy: CompiledPolicySet, request: Request, env: Env) -> Decision:
+def _decide_explained(
+    policy: CompiledPolicySet, request: Request, env: Env, bindings_version: str | None
+) -> Decision:
     candidates = policy.index[(request.resource.type, request.action.name)]
     trace: list[RuleTrace] = []
     forbid_reasons: list[str] = []
@@ -187,10 +203,11 @@ def _decide_explained(policy: CompiledPolicySet, request: Request, env: Env) -> 
         policy.version,
         tuple(sorted(used)) if used else (),
         tuple(trace),
+        bindings_version,
     )
 
 
-def _unknown(policy: CompiledPolicySet, request: Request) -> Decision:
+def _unknown(policy: CompiledPolicySet, request: Request, bindings_version: str | None) -> Decision:
     rtype, action = request.resource.type, request.action.name
     if rtype not in policy.actions:
         diag = Diagnostic("unknown_resource_type", f"resource type `{rtype}` is not declared")
@@ -198,4 +215,4 @@ def _unknown(policy: CompiledPolicySet, request: Request) -> Decision:
         diag = Diagnostic(
             "unknown_action", f"action `{action}` is not declared on resource type `{rtype}`"
         )
-    return Decision(action, False, (), (diag,), policy.version)
+    return Decision(action, False, (), (diag,), policy.version, bindings_version=bindings_version)

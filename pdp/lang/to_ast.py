@@ -204,9 +204,10 @@ class _Builder(Transformer[Token, Any]):
     def _number(self, tok: Token) -> int | float:
         try:
             value: int | float = float(tok) if any(c in tok for c in ".eE") else int(tok)
-        except ValueError:  # Python refuses int literals over 4300 digits
-            value = math.inf
-        if not math.isfinite(value):
+            finite = math.isfinite(value)  # OverflowError for ints past a float's range
+        except (ValueError, OverflowError):  # Python refuses int literals over 4300 digits
+            value, finite = 0, False
+        if not finite:
             loc = self._tok_loc(tok)
             self.errors.append(
                 PolicyError(

@@ -164,6 +164,10 @@ class PdpServer:
             # process: move it out of the cyclic collector's way, so that collections
             # on the hot path scan only new objects (measured: ~15% less CPU per call).
             gc.freeze()
+            # Requests make many short-lived, acyclic objects; collecting the youngest
+            # generation every 700 allocations costs CPU on every call for nothing.
+            # Reference counting frees them; the collector still runs, less often.
+            gc.set_threshold(50_000, 20, 20)
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def _set_health(self, status: int) -> None:

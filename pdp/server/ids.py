@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 
 _RAND_B = (1 << 62) - 1
+
+# Ids must be unique, not secret: a PRNG seeded from the OS is enough and avoids a
+# system call per decision. Each forked worker reseeds, so workers never share a stream.
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
 
 
 def new_decision_id() -> str:
@@ -15,7 +21,7 @@ def new_decision_id() -> str:
     enough that ids from several processes or replicas never collide.
     """
     ms = time.time_ns() // 1_000_000
-    r = int.from_bytes(os.urandom(10), "big")
+    r = _random.getrandbits(74)
     value = (
         (ms & 0xFFFF_FFFF_FFFF) << 80
         | 0x7 << 76  # version 7

@@ -149,7 +149,8 @@ def plan_import(doc: Bindings, stored: StoredState, *, replace: bool, now: datet
             plan.skipped.append(rb)
         else:
             wanted[(rb.subject, rb.scope, rb.role)] = rb
-    for k, rb in sorted(wanted.items()):
+    # In document order: deterministic, and no sort of a million keys.
+    for k, rb in wanted.items():
         have = stored.bindings.get(k)
         if have is None:
             plan.grants.append(rb)

@@ -164,6 +164,17 @@ def test_rule_id_without_annotation_is_file_and_line_of_the_effect() -> None:
     assert f.resources[0].rules[0].id == "dir/docs.pdp:4"
 
 
+def test_rule_location_starts_at_the_effect_not_the_annotations() -> None:
+    f = parse_file(
+        'resource d {\n  actions a\n  @id("x")\n  @owner("me")\n  permit any to a\n'
+        '  @id("y") forbid any to a\n}\n'
+    )
+    first, second = f.resources[0].rules
+    assert first.loc == SourceLoc("test.pdp", 5, 3, 5, 18)
+    assert first.annotations[0].loc == SourceLoc("test.pdp", 3, 3, 3, 11)
+    assert second.loc == SourceLoc("test.pdp", 6, 12, 6, 27)
+
+
 def test_optional_semicolons() -> None:
     with_semis = parse_file(
         "role a; role b : a;\nresource d { actions x; permit a to x; forbid any to x; }\n"
@@ -503,12 +514,6 @@ def test_recovery_across_declarations() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a condition left unfinished before `resource TYPE {` reads `resource` as a "
-    "path, reports `unexpected name` at the type name, and recovery then skips the whole "
-    "resource block, losing the errors inside it",
-)
 def test_recovery_when_the_next_statement_starts_with_resource() -> None:
     text = (
         "derived role x on doc when\n"  # 1: no condition

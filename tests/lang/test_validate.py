@@ -105,6 +105,34 @@ def test_reserved_any_is_still_usable_in_rules() -> None:
     assert load(in_resource("  permit any to read\n")).problems == ()
 
 
+KEYWORDS = (
+    "role derived on when unless resource actions permit forbid any to and or not in "
+    "contains has true false subject context action"
+).split()
+
+
+@pytest.mark.parametrize("keyword", KEYWORDS)
+@pytest.mark.parametrize(
+    ("template", "kind"),
+    [
+        ("role {0}\n", "a role"),
+        ("derived role {0} on doc when true\nresource doc {{ actions a }}\n", "a derived role"),
+        ("resource {0} {{\n  actions a\n}}\n", "a resource type"),
+        ("resource doc {{\n  actions a, {0}\n}}\n", "an action"),
+    ],
+    ids=["role", "derived-role", "resource-type", "action"],
+)
+def test_keywords_cannot_name_anything(keyword: str, template: str, kind: str) -> None:
+    assert problems(template.format(keyword)) == [
+        ("reserved_name", f"`{keyword}` is a keyword and cannot name {kind}")
+    ]
+
+
+def test_keywords_are_still_attribute_names() -> None:
+    expr = 'resource.action == "x" and context.subject == 1 and resource.to == subject.role'
+    assert load(condition(expr)).problems == ()
+
+
 # --- resources and actions ---------------------------------------------------------
 
 
@@ -191,7 +219,24 @@ def test_duplicate_rule_id_across_files() -> None:
     (error,) = result.errors
     assert error.code == "duplicate_rule_id"
     assert error.loc is not None and (error.loc.file, error.loc.line) == ("two.pdp", 3)
-    assert error.help == "first used at one.pdp:3"
+    # the id is reported where it is written; the first use is the rule's `permit` line
+    assert error.help == "first used at one.pdp:4"
+
+
+def test_a_duplicate_automatic_id_explains_the_naming() -> None:
+    text = in_resource("  permit any to read  permit any to update\n")
+    (error,) = load(text).errors
+    assert error.code == "duplicate_rule_id"
+    assert error.help == (
+        "first used at test.pdp:3; rules without `@id` are named `file:line`: "
+        "give each its own line or an `@id`"
+    )
+
+
+def test_a_duplicate_explicit_id_does_not_mention_automatic_ids() -> None:
+    text = in_resource('  @id("x")\n  permit any to read\n  @id("x")\n  permit any to update\n')
+    (error,) = load(text).errors
+    assert error.help == "first used at test.pdp:4"
 
 
 @pytest.mark.parametrize("name", ["id", "description", "owner"])
@@ -260,6 +305,9 @@ def test_well_typed_conditions(expr: str) -> None:
             "[1] < [2]",
             [("type_mismatch", "`<` compares numbers, strings or times, not a list")] * 2,
         ),
+        # one mistake, one error: on the list, not again on the comparison
+        ("[1] > 1", [("type_mismatch", "`>` compares numbers, strings or times, not a list")]),
+        ("1 < [1]", [("type_mismatch", "`<` compares numbers, strings or times, not a list")]),
         ("now() < 5", [("type_mismatch", "`<` cannot compare a time with an int")]),
         ("1 in 2", [("type_mismatch", "`in` needs a list on its right, this is an int")]),
         (
@@ -392,6 +440,22 @@ def test_unreachable_permit_under_unconditional_forbid() -> None:
             "unreachable",
             "rule `test.pdp:3` can never allow: forbid `test.pdp:4` always denies its actions",
         )
+    ]
+
+
+def test_dead_rules_are_placed_at_the_effect_below_their_annotations() -> None:
+    text = in_resource(
+        '  @description("dead")\n  permit any to read when false\n'
+        '  @owner("me")\n  permit any to update\n  forbid any to update\n'
+    )
+    result = load(text)
+    assert [(w.code, w.loc.line if w.loc else None) for w in result.warnings] == [
+        ("never_applies", 4),
+        ("unreachable", 6),
+    ]
+    assert [w.message for w in result.warnings] == [
+        "rule `test.pdp:4` can never apply: its condition is always false",
+        "rule `test.pdp:6` can never allow: forbid `test.pdp:7` always denies its actions",
     ]
 
 

@@ -137,8 +137,8 @@ def test_stored_attributes_win_over_the_request(store: SqlStore) -> None:
         now=NOW,
     )
     for source in (store, CachedRoleSource(store)):
-        enriched = enrich(claims, source)
-        assert dict(enriched.subject.properties) == {
+        enriched = enrich(claims.subject, source)
+        assert dict(enriched.properties) == {
             "tenant": "globex",
             "clearance": 1,
             "device": "laptop",

@@ -225,11 +225,125 @@ def test_broken_cases_fail_with_a_message(write: Write, case: str, message: str)
     assert only_case(run_one(path)) == (False, message)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `expect: {read: [allow]}` (a list, unhashable) crashes the runner with "
-    "TypeError instead of failing the case with a message",
+TWO_TYPES = """\
+role viewer
+resource document {
+  actions read, update
+  permit viewer to read
+}
+resource folder {
+  actions list
+  permit viewer to list
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (
+            "{subject: alice, resource: doc, expect: {list: deny}}",
+            "`expect`: action `list` is not declared on `document`",
+        ),
+        (
+            "{subject: alice, resource: folder, expect: {read: deny}}",
+            "`expect`: action `read` is not declared on `folder`",
+        ),
+        (
+            "{subject: alice, resource: folder, expect: {'*': deny}}",
+            "`expect`: action `*` is not declared on `folder`",
+        ),
+        (
+            "{subject: alice, resource: {type: image, id: '1'}, expect: {read: deny}}",
+            "resource type `image` is not declared by the policies",
+        ),
+        (
+            "{subject: alice, resource: doc, expect: {read: deny}, reasons: {update: []}}",
+            "`reasons` must map actions that `expect` names to rule ids",
+        ),
+        (
+            "{subject: alice, resource: doc, expect: {read: deny}, reasons: {raed: []}}",
+            "`reasons` must map actions that `expect` names to rule ids",
+        ),
+    ],
+    ids=[
+        "action-of-another-type",
+        "action-of-the-other-type",
+        "wildcard",
+        "undeclared-type",
+        "reasons-for-a-declared-action",
+        "reasons-for-an-undeclared-action",
+    ],
 )
+def test_cases_must_name_what_the_policies_declare(write: Write, case: str, message: str) -> None:
+    write("p/docs.pdp", TWO_TYPES)
+    path = write(
+        "p/s.test.yaml",
+        "subjects: {alice: {type: user, id: alice}}\n"
+        "resources: {doc: {type: document, id: '1'}, folder: {type: folder, id: '1'}}\n"
+        f"cases:\n  - {case}\n",
+    )
+    assert only_case(run_one(path)) == (False, message)
+
+
+def test_a_refused_case_does_not_stop_the_others(write: Write) -> None:
+    write("p/docs.pdp", TWO_TYPES)
+    path = write(
+        "p/s.test.yaml",
+        "bindings: {bindings: [{subject: 'user:alice', role: viewer}]}\n"
+        "subjects: {alice: {type: user, id: alice}}\n"
+        "resources: {folder: {type: folder, id: '1'}}\n"
+        "cases:\n"
+        "  - {name: refused, subject: alice, resource: folder, expect: {read: allow}}\n"
+        "  - {name: runs, subject: alice, resource: folder, expect: {list: allow}}\n",
+    )
+    result = run_one(path)
+    assert result.error is None
+    assert [(c.name, c.passed) for c in result.cases] == [("refused", False), ("runs", True)]
+    assert result.failed == 1
+
+
+INLINE_WITH_BINDINGS = """\
+policy_files:
+  a.pdp: |
+    role viewer
+    derived role mine on doc when resource.owner == subject.id
+    resource doc {
+      actions read
+      permit viewer, mine to read
+    }
+bindings: {bindings: [{subject: "user:a", role: ROLE}]}
+cases:
+  - {subject: {type: user, id: a}, resource: {type: doc, id: '1'}, expect: {read: allow}}
+"""
+
+
+def test_bindings_may_grant_declared_roles(write: Write) -> None:
+    path = write("s.test.yaml", INLINE_WITH_BINDINGS.replace("ROLE", "viewer"))
+    assert only_case(run_one(path)) == (True, "")
+
+
+@pytest.mark.parametrize(
+    ("role", "problem"),
+    [
+        # derived roles come from conditions and cannot be granted
+        ("mine", "bindings[0].role: role `mine` is not declared by the policies"),
+        (
+            "viewr",
+            "bindings[0].role: role `viewr` is not declared by the policies; "
+            "did you mean `viewer`?",
+        ),
+        ("any", "bindings[0].role: role `any` is not declared by the policies"),
+    ],
+)
+def test_bindings_are_checked_against_the_declared_roles(
+    write: Write, role: str, problem: str
+) -> None:
+    result = run_one(write("s.test.yaml", INLINE_WITH_BINDINGS.replace("ROLE", role)))
+    assert (result.cases, result.failed) == ([], 1)
+    assert result.error is not None and result.error.endswith(f"(bindings): {problem}")
+
+
 def test_an_expectation_that_is_a_list(write: Write) -> None:
     write("p/docs.pdp", POLICY)
     path = write(
@@ -387,11 +501,6 @@ def test_expected_errors_of_a_clean_policy(write: Write) -> None:
     assert only_case(run_one(path)) == (True, "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an `expect_errors` item that is not a mapping (`[unknown_role]`) crashes the "
-    "runner with AttributeError instead of a suite error",
-)
 def test_expected_errors_given_as_bare_codes(write: Write) -> None:
     text = "policy_files: {a.pdp: 'role r'}\nexpect_errors: [unknown_role]\n"
     result = run_one(write("s.test.yaml", text))
@@ -410,11 +519,6 @@ def test_discovery(write: Write, tmp_path: Path) -> None:
     assert discover_suites(b) == [b]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: run_suites passes an empty cache dict and run_suite does `policy_cache or "
-    "{}`, so an empty (falsy) cache is replaced and the policies are loaded once per suite",
-)
 def test_policies_are_loaded_once_for_all_suites(
     suite_dir: Path, write: Write, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -478,12 +582,6 @@ def test_junit_xml_of_nothing() -> None:
     assert (root.tag, list(root)) == ("testsuites", [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: YAML dates in suite fixtures reach the engine as `date` objects "
-    "(`time` needs a string, got a date), unlike the bindings document, which turns them "
-    "into the ISO strings a JSON request would carry",
-)
 def test_yaml_dates_in_fixtures_are_iso_strings(write: Write) -> None:
     path = write(
         "s.test.yaml",

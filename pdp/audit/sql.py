@@ -1,0 +1,538 @@
+"""The SQL sink and source: one table of records (SQLite or PostgreSQL, via SQLAlchemy).
+
+Each record is stored whole, as its sealed JSON line (the `record` column, which is
+what the chain hashes), and the fields people search by are copied into indexed
+columns. Every index ends with `(time_us, id)`, so "newest first" with a filter is
+one backward index range scan that stops after a page. Rule ids live in a side table
+(`<table>_rules`) indexed by `(rule_id, time_us, audit_id)`.
+
+This module has its own metadata; it shares nothing with the role store's models.
+The tables are created when missing (no migrations yet: schema version 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
+
+from pdp.audit.query import Filter, Page, Problem, QueryError, Stats
+from pdp.audit.read import Entry, decode_cursor, encode_cursor
+from pdp.audit.record import DecisionRecord, RecordError, parse_line
+from pdp.audit.sink import ChainHead, SinkError
+
+DEFAULT_TABLE = "pdp_audit"
+_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+
+def parse_url(text: str) -> URL:
+    """A SQLite or PostgreSQL URL (`postgresql://` means psycopg 3); SinkError otherwise."""
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise SinkError(
+            f"`{text}` is not a database URL; write e.g. sqlite:///pdp-audit.db or "
+            "postgresql://user@host:5432/db"
+        ) from None
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return url
+    raise SinkError(f"unsupported database `{backend}`; use SQLite or PostgreSQL")
+
+
+def shown(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def make_tables(metadata: MetaData, name: str) -> tuple[Table, Table]:
+    """The records table and its rules side table, with the search indexes."""
+    audit = Table(
+        name,
+        metadata,
+        Column("id", _ID, primary_key=True, autoincrement=True),
+        Column("chain", String(100), nullable=False),
+        Column("seq", BigInteger, nullable=False),
+        Column("decision_id", String(64), nullable=False),
+        Column("time_us", BigInteger, nullable=False),
+        Column("caller", String, nullable=False),
+        Column("subject_type", String, nullable=False),
+        Column("subject_id", String, nullable=False),
+        Column("action", String, nullable=False),
+        Column("resource_type", String, nullable=False),
+        Column("resource_id", String, nullable=False),
+        Column("allowed", Boolean, nullable=False),
+        Column("policy_version", String, nullable=False),
+        Column("bindings_version", String, nullable=False),
+        Column("latency_us", BigInteger, nullable=False),
+        Column("record", Text, nullable=False),
+        UniqueConstraint("chain", "seq", name=f"{name}_chain_seq"),
+    )
+    Index(f"{name}_decision_id", audit.c.decision_id, unique=True)
+    Index(f"{name}_time", audit.c.time_us, audit.c.id)
+    for col in (
+        "subject_id",
+        "resource_id",
+        "resource_type",
+        "action",
+        "allowed",
+        "caller",
+        "policy_version",
+    ):
+        Index(f"{name}_{col}_time", audit.c[col], audit.c.time_us, audit.c.id)
+    rules = Table(
+        f"{name}_rules",
+        metadata,
+        Column("rule_id", String, primary_key=True),
+        Column("time_us", BigInteger, primary_key=True),
+        Column("audit_id", _ID, primary_key=True),
+        Column("allowed", Boolean, nullable=False),
+    )
+    return audit, rules
+
+
+def _engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        memory = url.database in (None, "", ":memory:")
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 10.0},
+            poolclass=StaticPool if memory else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # SQLAlchemy's BEGIN below, not pysqlite's
+            cur = dbapi_conn.cursor()
+            if not memory:
+                # Readers never block the writer; FULL: a commit survives power loss too,
+                # which is what `durable` promises.
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.execute("PRAGMA synchronous = FULL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+    return create_engine(
+        url,
+        connect_args={"connect_timeout": 5, "application_name": "pdp-audit"},
+        pool_size=2,
+        pool_pre_ping=True,
+    )
+
+
+class _SqlBase:
+    def __init__(self, url: str, *, table: str = DEFAULT_TABLE, schema: str | None = None) -> None:
+        self.url = parse_url(url)
+        self.description = f"{shown(self.url)} table {table}"
+        self.metadata = MetaData(schema=schema)
+        self.audit, self.rules = make_tables(self.metadata, table)
+        self.engine = _engine(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _error(self, exc: SQLAlchemyError) -> SinkError:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return SinkError(f"audit table at {shown(self.url)}: {reason}")
+
+
+class SqlSink(_SqlBase):
+    """Stores sealed records: one transaction per batch, committed before returning."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        table: str = DEFAULT_TABLE,
+        schema: str | None = None,
+        create: bool = True,
+    ) -> None:
+        super().__init__(url, table=table, schema=schema)
+        self._create = create
+        self._created = False
+
+    def head(self, chain: str) -> ChainHead | None:
+        a = self.audit
+        try:
+            if self._create and not self._created:
+                self.metadata.create_all(self.engine, checkfirst=True)
+                self._created = True
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(a.c.seq, a.c.record)
+                    .where(a.c.chain == chain)
+                    .order_by(a.c.seq.desc())
+                    .limit(1)
+                ).first()
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+        if row is None:
+            return None
+        try:
+            record = parse_line(row.record)[0]
+        except RecordError as exc:
+            raise SinkError(
+                f"the last record of chain `{chain}` is not valid ({exc}); "
+                "`pdp audit verify` shows what is wrong"
+            ) from None
+        return ChainHead(record.seq, record.hash)
+
+    def write_batch(self, records: Sequence[DecisionRecord], lines: Sequence[str]) -> None:
+        if not records:
+            return
+        rows = [
+            {
+                "chain": r.chain,
+                "seq": r.seq,
+                "decision_id": r.decision_id,
+                "time_us": r.time_us,
+                "caller": r.caller,
+                "subject_type": r.subject_type,
+                "subject_id": r.subject_id,
+                "action": r.action,
+                "resource_type": r.resource_type,
+                "resource_id": r.resource_id,
+                "allowed": r.allowed,
+                "policy_version": r.policy_version,
+                "bindings_version": r.bindings_version,
+                "latency_us": r.latency_us,
+                "record": line,
+            }
+            for r, line in zip(records, lines, strict=True)
+        ]
+        try:
+            with self.engine.begin() as conn:
+                ids = (
+                    conn.execute(
+                        insert(self.audit).returning(self.audit.c.id, sort_by_parameter_order=True),
+                        rows,
+                    )
+                    .scalars()
+                    .all()
+                )
+                rule_rows = [
+                    {
+                        "rule_id": reason.rule,
+                        "time_us": r.time_us,
+                        "audit_id": i,
+                        "allowed": r.allowed,
+                    }
+                    for r, i in zip(records, ids, strict=True)
+                    for reason in dict.fromkeys(r.reasons)
+                ]
+                if rule_rows:
+                    conn.execute(insert(self.rules), rule_rows)
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+
+
+class SqlSource(_SqlBase):
+    """Reads the audit table with indexed queries; the same answers as the file log."""
+
+    def _conditions(self, flt: Filter) -> list[ColumnElement[bool]]:
+        a = self.audit
+        conds: list[ColumnElement[bool]] = []
+        if flt.since_us is not None:
+            conds.append(a.c.time_us >= flt.since_us)
+        if flt.until_us is not None:
+            conds.append(a.c.time_us < flt.until_us)
+        for name, values in flt.terms.items():
+            if name == "rule":
+                continue  # a join or subquery on the rules table, below
+            options = [self._term(name, v) for v in values]
+            conds.append(options[0] if len(options) == 1 else or_(*options))
+        return conds
+
+    def _term(self, name: str, value: str) -> ColumnElement[bool]:
+        c = self.audit.c
+        if name == "subject":
+            kind, sep, ident = value.partition(":")
+            if sep:
+                return and_(c.subject_id == ident, c.subject_type == kind)
+            return c.subject_id == value
+        if name == "resource":
+            kind, _, ident = value.partition("/")
+            return and_(c.resource_id == ident, c.resource_type == kind)
+        if name == "decision":
+            return c.allowed == (value == "allow")
+        column = {
+            "subject.type": c.subject_type,
+            "subject.id": c.subject_id,
+            "action": c.action,
+            "resource.type": c.resource_type,
+            "resource.id": c.resource_id,
+            "caller": c.caller,
+            "policy_version": c.policy_version,
+            "bindings_version": c.bindings_version,
+            "chain": c.chain,
+            "decision_id": c.decision_id,
+        }[name]
+        return column == value
+
+    def _rule_ids(self, flt: Filter) -> ColumnElement[bool] | None:
+        rules = flt.terms.get("rule")
+        if not rules:
+            return None
+        r = self.rules
+        sub = select(r.c.audit_id).where(r.c.rule_id.in_(rules))
+        if flt.since_us is not None:
+            sub = sub.where(r.c.time_us >= flt.since_us)
+        if flt.until_us is not None:
+            sub = sub.where(r.c.time_us < flt.until_us)
+        return self.audit.c.id.in_(sub)
+
+    def search(self, flt: Filter, limit: int, cursor: str | None = None) -> Page:
+        if limit < 1:
+            raise QueryError("--limit must be at least 1")
+        a, r = self.audit, self.rules
+        conds = self._conditions(flt)
+        rules = flt.terms.get("rule")
+        if rules and len(rules) == 1:
+            # Walk the rule's index newest first and join each hit: fast even when the
+            # rule is rare, where a time-ordered scan of all records would not be.
+            t, i = r.c.time_us, r.c.audit_id
+            stmt = (
+                select(a.c.id, a.c.time_us, a.c.record)
+                .join(r, r.c.audit_id == a.c.id)
+                .where(r.c.rule_id == rules[0], *conds)
+            )
+            if flt.since_us is not None:
+                stmt = stmt.where(t >= flt.since_us)
+            if flt.until_us is not None:
+                stmt = stmt.where(t < flt.until_us)
+        else:
+            t, i = a.c.time_us, a.c.id
+            stmt = select(a.c.id, a.c.time_us, a.c.record).where(*conds)
+            ids = self._rule_ids(flt)
+            if ids is not None:
+                stmt = stmt.where(ids)
+        if cursor:
+            ct, cid = decode_cursor(cursor, (int, int))
+            # `t <= ct` bounds the index range; the OR only breaks ties within it.
+            stmt = stmt.where(t <= ct, or_(t < ct, i < cid))
+        stmt = stmt.order_by(t.desc(), i.desc()).limit(limit + 1)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+        more = len(rows) > limit
+        rows = rows[:limit]
+        records, problems = self._parse(rows)
+        next_cursor = encode_cursor([rows[-1].time_us, rows[-1].id]) if more else None
+        return Page(records, next_cursor, problems)
+
+    def _parse(self, rows: Sequence[Any]) -> tuple[list[DecisionRecord], list[Problem]]:
+        records: list[DecisionRecord] = []
+        problems: list[Problem] = []
+        for row in rows:
+            try:
+                records.append(parse_line(row.record)[0])
+            except RecordError as exc:
+                problems.append(
+                    Problem(f"{self.audit.name} id {row.id}", f"not a valid record: {exc}")
+                )
+        return records, problems
+
+    def get(self, decision_id: str) -> tuple[DecisionRecord | None, list[Problem]]:
+        a = self.audit
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(a.c.id, a.c.record).where(a.c.decision_id == decision_id)
+                ).all()
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+        records, problems = self._parse(rows)
+        return (records[0] if records else None), problems
+
+    def stats(self, flt: Filter) -> Stats:
+        a, r = self.audit, self.rules
+        conds = self._conditions(flt)
+        ids = self._rule_ids(flt)
+        if ids is not None:
+            conds.append(ids)
+        out = Stats()
+        n = func.count().label("n")
+        try:
+            with self.engine.connect() as conn:
+                total, first, last = conn.execute(
+                    select(func.count(), func.min(a.c.time_us), func.max(a.c.time_us)).where(*conds)
+                ).one()
+                out.total, out.first_us, out.last_us = int(total), first, last
+                for allowed, count in conn.execute(
+                    select(a.c.allowed, n).where(*conds).group_by(a.c.allowed)
+                ):
+                    out.by_decision["allow" if allowed else "deny"] = count
+                for col, counter in (
+                    (a.c.action, out.by_action),
+                    (a.c.resource_type, out.by_resource_type),
+                ):
+                    for value, count in conn.execute(select(col, n).where(*conds).group_by(col)):
+                        counter[value] = count
+                joined = select(r.c.rule_id, n).join(a, r.c.audit_id == a.c.id).where(*conds)
+                for rule, count in conn.execute(joined.group_by(r.c.rule_id)):
+                    out.by_rule[rule] = count
+                for rule, count in conn.execute(
+                    joined.where(r.c.allowed.is_(False)).group_by(r.c.rule_id)
+                ):
+                    out.denied_rules[rule] = count
+                for kind, ident, count in conn.execute(
+                    select(a.c.subject_type, a.c.subject_id, n)
+                    .where(*conds, a.c.allowed.is_(False))
+                    .group_by(a.c.subject_type, a.c.subject_id)
+                    .order_by(n.desc())
+                    .limit(1000)
+                ):
+                    out.denied_subjects[f"{kind}:{ident}"] = count
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+        return out
+
+    def chains(self) -> list[str]:
+        a = self.audit
+        try:
+            with self.engine.connect() as conn:
+                return [
+                    c for (c,) in conn.execute(select(a.c.chain).distinct().order_by(a.c.chain))
+                ]
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+
+    def chain_entries(self, chain: str) -> Iterator[Entry]:
+        a = self.audit
+        stmt = select(a).where(a.c.chain == chain).order_by(a.c.seq)
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=2000).execute(stmt)
+                for row in result:
+                    yield self._entry(row)
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+
+    def _entry(self, row: Any) -> Entry:
+        where = f"{self.audit.name} chain {row.chain} seq {row.seq}"
+        try:
+            record, obj = parse_line(row.record)
+        except RecordError as exc:
+            return Entry(where, None, None, f"not a valid record: {exc}")
+        columns = {
+            "chain": record.chain,
+            "seq": record.seq,
+            "decision_id": record.decision_id,
+            "time_us": record.time_us,
+            "caller": record.caller,
+            "subject_type": record.subject_type,
+            "subject_id": record.subject_id,
+            "action": record.action,
+            "resource_type": record.resource_type,
+            "resource_id": record.resource_id,
+            "allowed": record.allowed,
+            "policy_version": record.policy_version,
+            "bindings_version": record.bindings_version,
+        }
+        differ = [k for k, v in columns.items() if getattr(row, k) != v]
+        mismatch = (
+            "indexed columns differ from the record: " + ", ".join(differ) if differ else None
+        )
+        return Entry(where, record, obj, None, mismatch)
+
+    def follow(
+        self, flt: Filter, stop: Callable[[], bool], poll: float = 0.5
+    ) -> Iterator[DecisionRecord | Problem]:
+        a = self.audit
+        # INVARIANT: a chain has one writer, which commits in seq order; so per chain,
+        # "seq above the last seen" is exactly what is new. New chains are looked for
+        # among the newest ids.
+        try:
+            with self.engine.connect() as conn:
+                seen: dict[str, int] = {
+                    c: s
+                    for c, s in conn.execute(
+                        select(a.c.chain, func.max(a.c.seq)).group_by(a.c.chain)
+                    )
+                }
+                top = conn.execute(select(func.max(a.c.id))).scalar() or 0
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+        return self._poll(seen, top, flt, stop, poll)
+
+    def _poll(
+        self, seen: dict[str, int], top: int, flt: Filter, stop: Callable[[], bool], poll: float
+    ) -> Iterator[DecisionRecord | Problem]:
+        a = self.audit
+        while not stop():
+            try:
+                with self.engine.connect() as conn:
+                    for (chain,) in conn.execute(
+                        select(a.c.chain).where(a.c.id > top - 10_000).distinct()
+                    ):
+                        seen.setdefault(chain, 0)
+                    rows: list[Any] = []
+                    for chain, last in list(seen.items()):
+                        got = conn.execute(
+                            select(a.c.id, a.c.seq, a.c.record)
+                            .where(a.c.chain == chain, a.c.seq > last)
+                            .order_by(a.c.seq)
+                            .limit(10_000)
+                        ).all()
+                        if got:
+                            seen[chain] = got[-1].seq
+                            top = max(top, max(row.id for row in got))
+                            rows.extend(got)
+            except SQLAlchemyError as exc:
+                raise self._error(exc) from None
+            records, problems = self._parse(rows)
+            yield from problems
+            records.sort(key=lambda rec: rec.time_us)
+            yield from (rec for rec in records if flt.matches(rec))
+            time.sleep(poll)
+
+
+def drop_tables(url: str, *, table: str = DEFAULT_TABLE, schema: str | None = None) -> None:
+    """Drop the audit tables (tests and benchmarks)."""
+    src = SqlSource(url, table=table, schema=schema)
+    try:
+        src.metadata.drop_all(src.engine)
+    finally:
+        src.close()
+
+
+def row_count(url: str, *, table: str = DEFAULT_TABLE) -> int:
+    """How many records the table holds."""
+    src = SqlSource(url, table=table)
+    try:
+        with src.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(src.audit)).scalar() or 0)
+    finally:
+        src.close()

@@ -1,0 +1,203 @@
+"""Decision records: the fields, attributes only where configured, redaction, JSON, hashes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from pdp.audit.record import (
+    GENESIS,
+    REDACTED,
+    AuditConfig,
+    ConfigError,
+    RecordError,
+    build_record,
+    from_json,
+    parse_line,
+    record_hash,
+    seal,
+)
+from pdp.engine.decide import decide
+from pdp.engine.decision import Decision
+from pdp.engine.request import Resource, Subject
+from tests.audit.support import T0, policy, record, req, us
+
+
+def test_a_record_has_every_field_of_the_decision() -> None:
+    ps = policy()
+    r = req("alice", "read", "42", tenant="acme")
+    d = decide(ps, r, frozenset({"viewer"}))
+    rec = build_record(
+        d,
+        r,
+        decision_id="d-1",
+        caller="spiffe://svc-a",
+        latency_us=321,
+        bindings_version="12",
+        policy=ps,
+    )
+    assert rec.decision_id == "d-1"
+    assert rec.time_us == us(T0)  # the request's clock, so re-deriving sees the same time
+    assert rec.caller == "spiffe://svc-a"
+    assert (rec.subject_type, rec.subject_id, rec.roles) == ("user", "alice", ("viewer",))
+    assert (rec.action, rec.resource_type, rec.resource_id) == ("read", "doc", "42")
+    assert rec.allowed and rec.decision == "allow"
+    assert [(x.rule, x.at) for x in rec.reasons] == [("doc.viewer-read", "docs.pdp:7")]
+    assert rec.policy_version == ps.version and rec.policy_version.startswith("sha256:")
+    assert rec.bindings_version == "12"
+    assert rec.latency_us == 321
+    # Attributes are not recorded unless configured.
+    assert rec.subject_properties is None and rec.context is None
+    assert "properties" not in rec.to_json()["subject"] and "context" not in rec.to_json()
+
+
+def test_a_deny_records_the_forbid_and_its_diagnostics() -> None:
+    ps = policy()
+    # No tenant on the subject: the tenant forbid errors, which denies (fail closed).
+    r = req("alice", "read", "1")
+    r = replace(r, subject=Subject("user", "alice", {}))
+    rec = build_record(
+        decide(ps, r, frozenset({"viewer"})),
+        r,
+        decision_id="d",
+        caller="c",
+        latency_us=1,
+        policy=ps,
+    )
+    assert not rec.allowed
+    assert [x.rule for x in rec.reasons] == ["doc.tenant"]
+    assert rec.reasons[0].at == "docs.pdp:16"
+    assert [(d.code, d.rule_id) for d in rec.diagnostics] == [("missing_attribute", "doc.tenant")]
+    obj = rec.to_json()
+    assert obj["decision"] == "deny"
+    assert obj["diagnostics"][0]["code"] == "missing_attribute"
+
+
+def test_attributes_only_for_the_configured_sections() -> None:
+    cfg = AuditConfig(include=frozenset({"subject", "context"}))
+    rec = record(1, config=cfg, context={"ip": "10.0.0.1"})
+    assert rec.subject_properties == {"tenant": "acme"}
+    assert rec.context == {"ip": "10.0.0.1"}
+    assert rec.resource_properties is None and rec.resource_ancestors is None
+    assert rec.action_properties is None
+    obj = rec.to_json()
+    assert obj["subject"]["properties"] == {"tenant": "acme"}
+    assert "properties" not in obj["resource"] and "ancestors" not in obj["resource"]
+
+
+def test_redaction_of_configured_fields() -> None:
+    cfg = AuditConfig(
+        include=frozenset({"subject", "resource", "context"}),
+        redact=(
+            "subject.properties.email",
+            "context.headers.authorization",
+            "resource.properties.*.secret",
+            "context.missing.field",
+        ),
+    )
+    r = req(
+        props={"email": "a@example.com", "name": "Alice"},
+        context={"headers": {"authorization": "Bearer x", "accept": "*/*"}, "ip": "1.2.3.4"},
+    )
+    resource = {"tenant": "acme", "a": {"secret": 1, "open": 2}, "b": {"secret": 3}}
+    r = replace(r, resource=Resource("doc", "1", resource))
+    d = Decision("read", True, (), (), "v1")
+    rec = build_record(d, r, decision_id="x", caller="c", latency_us=1, config=cfg)
+    assert rec.subject_properties == {"email": REDACTED, "name": "Alice", "tenant": "acme"}
+    assert rec.context == {"headers": {"authorization": REDACTED, "accept": "*/*"}, "ip": "1.2.3.4"}
+    assert rec.resource_properties == {
+        "tenant": "acme",
+        "a": {"secret": REDACTED, "open": 2},
+        "b": {"secret": REDACTED},
+    }
+    # The caller's objects are untouched: the record holds copies.
+    assert r.subject.properties["email"] == "a@example.com"
+    assert r.context["headers"]["authorization"] == "Bearer x"
+
+
+def test_redacting_ids_and_ancestors() -> None:
+    cfg = AuditConfig(include=frozenset({"resource"}), redact=("subject.id", "resource.ancestors"))
+    rec = record(1, config=cfg)
+    assert rec.subject_id == REDACTED
+    assert rec.resource_ancestors == (REDACTED,)
+    assert rec.resource_id == "1"
+
+
+@pytest.mark.parametrize(
+    ("include", "redact", "message"),
+    [
+        ({"subjects"}, (), "unknown section `subjects`"),
+        (set(), ("email",), "`email` is not a field path"),
+        (set(), ("subject.email",), "`subject.email` matches nothing"),
+        (set(), ("subject..x",), "not a field path"),
+    ],
+)
+def test_bad_audit_config(include: set[str], redact: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AuditConfig(include=frozenset(include), redact=redact)
+
+
+def test_a_request_that_could_not_be_read_still_gets_a_record() -> None:
+    d = Decision("read", False, (), (), "v1")
+    rec = build_record(d, None, decision_id="x", caller="c", latency_us=1)
+    assert (rec.subject_type, rec.resource_type, rec.allowed) == ("", "", False)
+
+
+def test_json_round_trip_and_seal() -> None:
+    rec = record(3)
+    sealed, line = seal(rec, "host", 7, GENESIS)
+    again, obj = parse_line(line)
+    assert again == sealed
+    assert (sealed.chain, sealed.seq, sealed.prev) == ("host", 7, GENESIS)
+    assert record_hash(obj) == sealed.hash == obj["hash"]
+    # The line is the canonical form: keys sorted, no spaces, hash last.
+    assert line.startswith('{"action":') and line.endswith(f'"hash":"{sealed.hash}"}}')
+    assert ", " not in line.split('"hash"')[0]
+
+
+def test_the_hash_covers_every_field_and_the_link() -> None:
+    rec = record(3)
+    base, _ = seal(rec, "host", 7, GENESIS)
+    assert seal(rec, "host", 7, "1" * 64)[0].hash != base.hash
+    assert seal(rec, "host", 8, GENESIS)[0].hash != base.hash
+    obj = json.loads(seal(rec, "host", 7, GENESIS)[1])
+    obj["subject"]["roles"] = ["admin"]
+    assert record_hash(obj) != base.hash
+
+
+def test_unicode_is_kept_as_is() -> None:
+    rec = record(1, props={"name": "Zoë 東京"})
+    _, line = seal(rec, "h", 1, GENESIS)
+    assert "Zoë 東京" in line
+    assert parse_line(line)[0].subject_properties == {"tenant": "acme", "name": "Zoë 東京"}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"v": 2}', "unknown record version"),
+        ('{"v": 1, "subject": {}}', "`action` must be an object"),
+    ],
+)
+def test_bad_lines(line: str, message: str) -> None:
+    with pytest.raises(RecordError, match=message):
+        parse_line(line)
+
+
+def test_bad_field_types_are_named() -> None:
+    obj = json.loads(seal(record(1), "h", 1, GENESIS)[1])
+    obj["decision"] = "maybe"
+    with pytest.raises(RecordError, match="`decision` must be"):
+        from_json(obj)
+    obj["decision"] = "allow"
+    obj["time"] = "yesterday"
+    with pytest.raises(RecordError, match="`time` is not an ISO 8601 time"):
+        from_json(obj)
+    obj["time"] = "2026-11-26T12:00:00.000000Z"
+    obj["seq"] = "7"
+    with pytest.raises(RecordError, match="`seq` must be an integer"):
+        from_json(obj)

@@ -1,0 +1,167 @@
+"""The hash chain: a changed, removed or reordered record is found and named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pdp.audit.query import Filter
+from pdp.audit.read import JsonlSource
+from pdp.audit.record import record_hash
+from pdp.audit.verify import ChainReport, describe, verify
+from tests.audit.support import record, us, write_log
+
+N = 12
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    """An intact audit directory with N records in chain `host`."""
+    d = tmp_path / "log"
+    write_log(d, [record(i) for i in range(N)])
+    return d
+
+
+def copy(log: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the log to tamper with, and the lines of its one file."""
+    c = tmp_path / "copy"
+    shutil.copytree(log, c)
+    return c, (c / "host.jsonl").read_text(encoding="utf-8").splitlines()
+
+
+def save(d: Path, lines: list[str]) -> None:
+    (d / "host.jsonl").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+
+
+def check(d: Path, **kw: object) -> ChainReport:
+    report = verify(JsonlSource(d), **kw)  # type: ignore[arg-type]
+    assert len(report.chains) == 1
+    return report.chains[0]
+
+
+def test_an_intact_log_verifies(log: Path) -> None:
+    c = check(log)
+    assert c.ok and c.checked == N and (c.first_seq, c.last_seq) == (1, N)
+    assert describe(c).startswith(f"chain host: ok, {N} records, seq 1 to {N}; head ")
+
+
+def test_an_edited_record(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    assert '"decision":"deny"' in lines[4]
+    lines[4] = lines[4].replace('"decision":"deny"', '"decision":"allow"')
+    save(d, lines)
+    c = check(d)
+    assert not c.ok and c.first_break is not None
+    assert c.first_break.where.endswith("host.jsonl:5")
+    assert c.first_break.seq == 5 and c.first_break.decision_id == "d-00004"
+    assert "changed: the record does not match its hash" in c.first_break.message
+
+
+def test_an_edited_record_with_its_hash_recomputed(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    obj = json.loads(lines[4])
+    obj["decision"] = "allow"
+    obj["hash"] = record_hash(obj)  # a careful forger
+    lines[4] = json.dumps(obj)
+    save(d, lines)
+    c = check(d)
+    assert c.first_break is not None and c.first_break.seq == 6
+    assert c.first_break.where.endswith("host.jsonl:6")
+    assert "does not follow the record before it (seq 5)" in c.first_break.message
+
+
+def test_a_deleted_record(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    del lines[4]
+    save(d, lines)
+    c = check(d)
+    assert c.first_break is not None and c.first_break.where.endswith("host.jsonl:5")
+    assert "expected seq 5, found seq 6: record 5 removed or moved" in c.first_break.message
+
+
+def test_several_deleted_records(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    del lines[4:8]
+    save(d, lines)
+    assert "records 5 to 8 removed" in str(check(d).first_break)
+
+
+def test_swapped_records(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    lines[4], lines[5] = lines[5], lines[4]
+    save(d, lines)
+    c = check(d)
+    assert c.first_break is not None and c.first_break.where.endswith("host.jsonl:5")
+    assert c.first_break.seq == 6
+    assert c.breaks >= 2
+    assert not c.ok
+
+
+def test_a_record_moved_to_the_end(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    lines.append(lines.pop(2))
+    save(d, lines)
+    c = check(d)
+    assert c.first_break is not None and c.first_break.where.endswith("host.jsonl:3")
+    # The moved record is named too.
+    assert any("out of order: seq 3 after seq 12" in b.message for b in c.listed)
+
+
+def test_the_first_record_deleted(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    save(d, lines[1:])
+    c = check(d)
+    assert c.first_break is not None
+    assert "the chain starts at seq 2: record 1 is missing" in c.first_break.message
+
+
+def test_a_corrupt_line(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    lines[3] = lines[3][:40]
+    save(d, lines)
+    c = check(d)
+    assert c.first_break is not None and c.first_break.where.endswith("host.jsonl:4")
+    assert "not a valid record: not valid JSON" in c.first_break.message
+
+
+def test_a_record_from_another_chain(log: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    write_log(other, [record(i) for i in range(N)], chain="peer")
+    d, lines = copy(log, tmp_path)
+    peer = (other / "peer.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[6] = peer[6]  # same seq, valid hash, valid link within its own chain
+    save(d, lines)
+    c = check(d)
+    assert c.first_break is not None and c.first_break.seq == 7
+    assert "belongs to chain `peer`, found in chain `host`" in c.first_break.message
+
+
+def test_a_range_reports_only_breaks_within_it(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    lines[1] = lines[1].replace('"caller":"svc-a"', '"caller":"svc-b"')  # seq 2
+    save(d, lines)
+    t = record(5).time_us
+    later = check(d, flt=Filter(since_us=t))
+    assert later.ok and later.checked == N - 5 and later.first_seq == 6
+    assert not check(d, flt=Filter(until_us=t)).ok
+    assert not check(d).ok
+
+
+def test_a_single_file_may_continue_an_earlier_one(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    part = tmp_path / "part.jsonl"
+    part.write_text("".join(x + "\n" for x in lines[5:]), encoding="utf-8")
+    report = verify(JsonlSource(part), single_file=True)
+    c = report.chains[0]
+    assert c.ok and c.starts_after == 5 and c.checked == N - 5
+    assert "continuing seq 5 of an earlier file" in describe(c)
+    # The same file read as a whole chain is missing its start.
+    assert not verify(JsonlSource(part)).ok
+
+
+def test_times_in_the_range_helper() -> None:
+    f = Filter(since_us=us(record(2).time), until_us=us(record(4).time))
+    assert [i for i in range(6) if f.in_range(record(i).time_us)] == [2, 3]

@@ -1,0 +1,261 @@
+"""The background writer: group commit, the chain in commit order, both modes, sampling."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from pdp.audit.record import GENESIS, DecisionRecord
+from pdp.audit.sink import MemorySink
+from pdp.audit.writer import AuditWriter
+from tests.audit.support import record, wait_for
+
+RECORDS = [record(i) for i in range(40)]
+
+
+class SlowSink(MemorySink):
+    """A MemorySink whose writes take `delay` seconds, or wait for `gate` when set."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.delay = delay
+        self.gate: threading.Event | None = None
+        self.writing = threading.Event()
+
+    def write_batch(self, records: Sequence[DecisionRecord], lines: Sequence[str]) -> None:
+        self.writing.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay)
+        super().write_batch(records, lines)
+
+
+def linked(records: Sequence[DecisionRecord], start: int = 1) -> bool:
+    prev = records[0].prev if start > 1 else GENESIS
+    for i, r in enumerate(records):
+        if r.seq != start + i or r.prev != prev:
+            return False
+        prev = r.hash
+    return True
+
+
+def writer(sink: MemorySink, **kw: object) -> AuditWriter:
+    w = AuditWriter(sink, chain="host", **kw)  # type: ignore[arg-type]
+    w.start()
+    return w
+
+
+def test_durable_answers_after_the_write_and_chains_in_commit_order() -> None:
+    sink = MemorySink()
+    w = writer(sink)
+    for r in RECORDS[:5]:
+        ticket = w.submit([r])
+        assert ticket.wait(5)
+        assert sink.records[-1].decision_id == r.decision_id  # stored before the answer
+    w.close()
+    assert [r.decision_id for r in sink.records] == [r.decision_id for r in RECORDS[:5]]
+    assert linked(sink.records)
+    assert sink.snapshot() == sink.records  # what a reader parses is what was sealed
+    assert w.stats().written == 5 and sink.closed
+
+
+def test_group_commit_shares_one_write_among_concurrent_calls() -> None:
+    sink = SlowSink(delay=0.01)  # a slow fsync
+    w = writer(sink)
+    results: list[bool] = []
+
+    def caller(k: int) -> None:
+        for j in range(10):
+            results.append(w.submit([record(k * 10 + j)]).wait(10))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    w.close()
+    assert results == [True] * 80
+    assert len(sink.records) == 80 and linked(sink.records)
+    # Calls that arrived during a write went into the next batch together.
+    assert sink.batches <= 30, sink.batches
+
+
+def test_records_of_one_call_stay_together_and_in_order() -> None:
+    sink = MemorySink()
+    w = writer(sink)
+    assert w.submit(RECORDS[:7]).wait(5)
+    w.close()
+    assert [r.decision_id for r in sink.records] == [r.decision_id for r in RECORDS[:7]]
+    assert sink.batches == 1
+
+
+def test_a_new_writer_continues_the_chain_where_the_sink_ends() -> None:
+    sink = MemorySink()
+    w = writer(sink)
+    assert w.submit(RECORDS[:3]).wait(5)
+    w.close()
+    w2 = writer(sink)
+    assert w2.submit(RECORDS[3:5]).wait(5)
+    w2.close()
+    assert [r.seq for r in sink.records] == [1, 2, 3, 4, 5]
+    assert linked(sink.records)
+
+
+def test_buffered_answers_at_once_and_writes_within_the_interval() -> None:
+    sink = SlowSink()
+    sink.gate = threading.Event()
+    w = writer(sink, mode="buffered", flush_interval=0.2)
+    started = time.monotonic()
+    for r in RECORDS[:20]:
+        assert w.submit([r]).wait(0)  # returns at once, even while the sink is stuck
+    assert time.monotonic() - started < 0.5
+    sink.gate.set()
+    wait_for(lambda: len(sink.records) == 20, timeout=5, what="the buffered records")
+    w.close()
+    assert linked(sink.records)
+    assert sink.batches < 20  # batched, not one write per record
+
+
+def test_buffered_keeps_records_while_the_sink_fails_and_writes_them_when_it_heals() -> None:
+    sink = MemorySink()
+    sink.fail_with = OSError("disk unplugged")
+    health: list[bool] = []
+    w = writer(
+        sink,
+        mode="buffered",
+        flush_interval=0.01,
+        retry_interval=0.05,
+        on_health=lambda ok, why: health.append(ok),
+    )
+    for r in RECORDS[:10]:
+        w.submit([r])
+    wait_for(lambda: not w.healthy, what="the failure to be noticed")
+    stats = w.stats()
+    assert stats.pending == 10 and stats.lost == 0 and "disk unplugged" in stats.last_error
+    sink.fail_with = None
+    wait_for(lambda: len(sink.records) == 10, what="the retried records")
+    w.close()
+    assert [r.decision_id for r in sink.records] == [r.decision_id for r in RECORDS[:10]]
+    assert linked(sink.records)
+    assert health == [False, True]
+
+
+def test_buffered_counts_what_it_must_drop(caplog: pytest.LogCaptureFixture) -> None:
+    sink = MemorySink()
+    sink.fail_with = OSError("read-only file system")
+    w = writer(sink, mode="buffered", flush_interval=0.0, buffer_limit=10, retry_interval=30)
+    w.submit([RECORDS[0]])
+    wait_for(lambda: not w.healthy, what="the failure")
+    with caplog.at_level(logging.ERROR, logger="pdp.audit"):
+        for r in RECORDS[1:25]:
+            w.submit([r])
+    stats = w.stats()
+    assert (stats.pending, stats.lost, stats.written) == (10, 15, 0)
+    assert "records lost" in caplog.text and "read-only file system" in caplog.text
+    w.close(timeout=5)
+    # Closing tries once more; the sink still fails, so those are lost too: never silent.
+    assert w.stats().lost == 25
+
+
+def test_durable_fails_the_call_when_the_sink_fails_then_recovers() -> None:
+    sink = MemorySink()
+    health: list[tuple[bool, str]] = []
+    w = writer(sink, retry_interval=0.3, on_health=lambda ok, why: health.append((ok, why)))
+    assert w.submit([RECORDS[0]]).wait(5)
+    sink.fail_with = OSError("no space left on device")
+    ticket = w.submit([RECORDS[1]])
+    assert not ticket.wait(5)
+    assert "no space left" in ticket.error
+    assert not w.healthy and health == [(False, "no space left on device")]
+    # While failing, calls are refused at once rather than waiting for the next attempt.
+    started = time.monotonic()
+    fast = w.submit([RECORDS[2]])
+    assert not fast.wait(5) and time.monotonic() - started < 0.2
+    assert "the audit log is failing" in fast.error
+    sink.fail_with = None
+    wait_for(lambda: w.healthy, what="the writer to probe the healed sink")
+    assert w.submit([RECORDS[3]]).wait(5)
+    w.close()
+    # Refused records are not in the log, and the chain has no hole.
+    assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id, RECORDS[3].decision_id]
+    assert linked(sink.records)
+    assert w.stats().rejected == 2 and health[-1] == (True, "")
+
+
+def test_a_caller_that_gave_up_is_not_recorded() -> None:
+    sink = SlowSink()
+    sink.gate = threading.Event()
+    w = writer(sink)
+    first = w.submit([RECORDS[0]])
+    assert sink.writing.wait(5)  # the first batch is in the sink now, stuck
+    second = w.submit([RECORDS[1]])
+    assert not second.wait(0.05)  # the server would deny now
+    sink.gate.set()
+    assert first.wait(5)
+    w.close()
+    assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id]
+    assert w.stats().rejected == 1
+
+
+def test_sampling_keeps_every_deny_and_a_stable_share_of_allows() -> None:
+    allows = [r for r in (record(i) for i in range(1200)) if r.allowed]
+    denies = [r for r in (record(i) for i in range(200)) if not r.allowed]
+    assert len(allows) > 600 and denies
+    kept: list[set[str]] = []
+    for _ in range(2):
+        sink = MemorySink()
+        w = writer(sink, sample_allowed=0.25)
+        for r in allows + denies:
+            w.submit([r])
+        w.close()
+        stored = {r.decision_id for r in sink.records}
+        assert {r.decision_id for r in denies} <= stored
+        n = len(stored) - len(denies)
+        assert 0.15 * len(allows) < n < 0.35 * len(allows)
+        assert w.stats().sampled_out == len(allows) - n
+        kept.append(stored)
+    assert kept[0] == kept[1]  # chosen by decision id: every replica keeps the same
+
+
+def test_close_flushes_buffered_records_and_refuses_later_ones() -> None:
+    sink = MemorySink()
+    w = writer(sink, mode="buffered", flush_interval=60)
+    w.submit([RECORDS[0]])  # written at once: the first after idle
+    w.submit(RECORDS[1:5])
+    w.close()
+    assert len(sink.records) == 5
+    w.submit([RECORDS[5]])
+    assert w.stats().lost == 1 and len(sink.records) == 5
+
+
+def test_durable_submit_after_close_is_refused() -> None:
+    w = writer(MemorySink())
+    w.close()
+    t = w.submit([RECORDS[0]])
+    assert not t.wait(1) and "closed" in t.error
+
+
+def test_a_sink_that_cannot_open_makes_the_writer_unhealthy_not_crash() -> None:
+    class Broken(MemorySink):
+        def head(self, chain: str) -> None:
+            raise OSError("permission denied")
+
+    w = AuditWriter(Broken(), chain="host", retry_interval=0.05)
+    w.start()
+    assert not w.healthy
+    t = w.submit([RECORDS[0]])
+    assert not t.wait(5) and "permission denied" in t.error
+    w.close()
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        AuditWriter(MemorySink(), chain="h", mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sample_allowed"):
+        AuditWriter(MemorySink(), chain="h", sample_allowed=1.5)
+    with pytest.raises(ValueError, match="not a chain name"):
+        AuditWriter(MemorySink(), chain="a/b")
