@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pdp.audit.explain import Rederived, rederive
-from pdp.audit.query import FIELDS, Filter, Problem, QueryError, Stats, make_filter
+from pdp.audit.query import FIELDS, Filter, Problem, QueryError, Stats, make_filter, ranked
 from pdp.audit.read import AuditSource, JsonlSource, open_source
 from pdp.audit.record import DecisionRecord, format_time
 from pdp.audit.sink import SinkError
@@ -418,7 +418,7 @@ def _print_stats(s: Stats, top: int) -> None:
         table = Table(title=title, title_justify="left", box=None, pad_edge=False)
         table.add_column("", overflow="fold")
         table.add_column("count", justify="right")
-        for name, n in counter.most_common(limit):
+        for name, n in ranked(counter, limit):
             table.add_row(escape(name or "-"), str(n))
         if counter:
             out.print()

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             bindings = store = open_db(args.db)
         except StoreError as exc:
-            return fail(escape(exc.message))
+            return fail(exc.message)
     try:
         decisions = evaluate(policy, requests, bindings, now=now, explain=args.explain)
     finally:

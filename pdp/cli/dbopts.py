@@ -16,7 +16,6 @@ from functools import wraps
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -95,7 +94,7 @@ def role_catalog(args: argparse.Namespace) -> RoleCatalog | None:
         return None
     if result.policy_set is None:
         err.print(render_all(result.errors), markup=False)
-        fail(f"the policies in {escape(args.policies)} do not load; roles cannot be checked")
+        fail(f"the policies in {args.policies} do not load; roles cannot be checked")
         return None
     return RoleCatalog.from_policy_set(result.policy_set)
 
@@ -119,7 +118,7 @@ def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | No
 
 def error(message: str) -> int:
     """One line on stderr; user text is escaped so rich does not read it as markup."""
-    return fail(escape(message))
+    return fail(message)
 
 
 def handles_store_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[..., int]:

@@ -26,6 +26,7 @@ never allows). When the database answers again the watcher notices within
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from pdp.store.errors import StoreError, StoreUnavailable
 from pdp.store.sql import NOTIFY_CHANNEL, Lookup, SqlStore, short_reason
 
 T = TypeVar("T")
+log = logging.getLogger("pdp.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,8 +274,9 @@ class CachedRoleSource:
                     for _ in self._listener.notifies(timeout=self.poll_interval, stop_after=1):
                         pass
                     continue
-            except StoreError:
-                self._close_listener()  # _mark_down already recorded why
+            except StoreError as exc:
+                self._mark_down(exc)
+                self._close_listener()
             except (psycopg.Error, OSError) as exc:
                 self._mark_down(
                     StoreUnavailable(
@@ -281,11 +284,18 @@ class CachedRoleSource:
                     )
                 )
                 self._close_listener()
+            except Exception as exc:
+                # Never let the watcher die: without it the cache would only go stale
+                # (and deny) and never recover. Treat it as an outage and try again.
+                log.exception("store watcher failed; retrying")
+                self._mark_down(StoreUnavailable(f"store watcher failed: {exc}"))
+                self._close_listener()
             self._stop.wait(self.poll_interval)
 
     def _open_listener(self) -> psycopg.Connection[Any]:
         engine = self.store.engine
         args, kwargs = engine.dialect.create_connect_args(engine.url)
+        kwargs.setdefault("connect_timeout", max(1, round(self.store.connect_timeout)))
         try:
             conn = psycopg.connect(*args, **kwargs, autocommit=True)
         except psycopg.Error as exc:

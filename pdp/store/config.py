@@ -21,7 +21,8 @@ from pdp.store.errors import InvalidInput
 DEFAULT_URL = "sqlite:///pdp.db"
 ENV_URL = "PDP_DB_URL"
 
-_PASSWORD_RE = re.compile(r"(://[^:/@]*:)[^@]*@")
+# For text that is not even a URL: everything from a colon to the `@` may be a password.
+_PASSWORD_RE = re.compile(r":[^@\s]*@")
 
 
 def parse_url(text: str | URL) -> URL:
@@ -67,7 +68,7 @@ def redact(url: str | URL) -> str:
 
 def redact_text(text: str) -> str:
     """Best effort for strings that are not even URLs: hide what looks like a password."""
-    return _PASSWORD_RE.sub(r"\1***@", text)
+    return _PASSWORD_RE.sub(":***@", text)
 
 
 def resolve_url(flag: str | None = None, config: Mapping[str, Any] | None = None) -> str:
