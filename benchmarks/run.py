@@ -17,6 +17,8 @@ from benchmarks.timing import Outcome, machine
 MODULES: Sequence[str] = (
     "benchmarks.engine_vs_peers",
     "benchmarks.scaling",
+    "benchmarks.store_lookup",
+    "benchmarks.server_load",
 )
 
 

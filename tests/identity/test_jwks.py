@@ -1,0 +1,233 @@
+"""Key sets: which keys are usable, caching, refresh, failure, and where they come from."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pdp.identity.jwks import (
+    JwksCache,
+    JwksError,
+    check_jwks_url,
+    file_source,
+    parse_jwks,
+    url_source,
+)
+from tests.identity.keys import ec_key, ed_key, jwks, public_jwk, rsa_key
+
+ALL = ("RS256", "PS256", "ES256", "ES384", "EdDSA")
+
+
+def test_usable_keys_are_parsed_once_per_algorithm_they_fit() -> None:
+    keys, skipped = parse_jwks(
+        jwks(public_jwk(rsa_key(), "r"), public_jwk(ec_key(), "e"), public_jwk(ed_key(), "d")),
+        ALL,
+    )
+    assert skipped == []
+    assert keys.find("r", "RS256") is not None and keys.find("r", "PS256") is not None
+    assert keys.find("r", "ES256") is None
+    assert keys.find("e", "ES256") is not None and keys.find("e", "ES384") is None
+    assert keys.find("d", "EdDSA") is not None
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize(
+    ("jwk", "why"),
+    [
+        ({"kty": "oct", "k": "c2VjcmV0", "kid": "x"}, "symmetric"),
+        ({**public_jwk(rsa_key(), "x"), "d": "AQAB"}, "private"),
+        ({**public_jwk(rsa_key(), "x"), "use": "enc"}, "use"),
+        ({**public_jwk(rsa_key(), "x"), "alg": "HS256"}, "not allowed"),
+        (public_jwk(ec_key("p384", "P-384"), "x"), "fits none"),  # ES384 not allowed below
+        ({"kty": "RSA", "kid": "x", "n": "AQAB"}, "unreadable"),
+        ({"kty": "RSA", "kid": 7}, "not a string"),
+        ("not an object", "not an object"),
+    ],
+)
+def test_unusable_keys_are_skipped_with_a_reason(jwk: object, why: str) -> None:
+    keys, skipped = parse_jwks(json.dumps({"keys": [jwk]}).encode(), ("RS256", "ES256"))
+    assert len(keys) == 0
+    assert len(skipped) == 1 and why in skipped[0]
+
+
+def test_short_rsa_keys_are_skipped() -> None:
+    keys, skipped = parse_jwks(jwks(public_jwk(rsa_key("short", 1024), "s")), ("RS256",))
+    assert len(keys) == 0 and "2048" in skipped[0]
+
+
+def test_a_kid_used_twice_disables_both_keys() -> None:
+    body = jwks(public_jwk(rsa_key(), "k"), public_jwk(rsa_key("other"), "k"))
+    keys, skipped = parse_jwks(body, ("RS256",))
+    assert keys.find("k", "RS256") is None
+    assert "twice" in skipped[0]
+
+
+@pytest.mark.parametrize("body", [b"nope", b"[]", b'{"keys": {}}', b"{}"])
+def test_a_document_that_is_not_a_key_set_is_an_error(body: bytes) -> None:
+    with pytest.raises(JwksError):
+        parse_jwks(body, ("RS256",))
+
+
+class Source:
+    def __init__(self, *bodies: bytes | Exception) -> None:
+        self.bodies = list(bodies)
+        self.calls = 0
+
+    def __call__(self) -> bytes:
+        self.calls += 1
+        body = self.bodies[0] if len(self.bodies) == 1 else self.bodies.pop(0)
+        if isinstance(body, Exception):
+            raise body
+        return body
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def cache(src: Source, clock: Clock, **kw: float) -> JwksCache:
+    return JwksCache(
+        src,
+        algorithms=("RS256",),
+        ttl=kw.get("ttl", 300),
+        min_refresh_interval=kw.get("min_refresh_interval", 30),
+        max_stale=kw.get("max_stale", 3600),
+        clock=clock,
+    )
+
+
+def test_the_set_is_fetched_once_and_again_after_its_ttl() -> None:
+    src, clock = Source(jwks(public_jwk(rsa_key(), "k"))), Clock()
+    c = cache(src, clock)
+    for _ in range(5):
+        assert c.key("k", "RS256") is not None
+    assert src.calls == 1
+    clock.t = 301
+    assert c.key("k", "RS256") is not None
+    assert src.calls == 2
+
+
+def test_a_failed_refresh_keeps_the_last_good_set_until_max_stale() -> None:
+    good = jwks(public_jwk(rsa_key(), "k"))
+    src, clock = Source(good, OSError("down")), Clock()
+    c = cache(src, clock, max_stale=1000)
+    assert c.key("k", "RS256") is not None
+    clock.t = 400
+    assert c.key("k", "RS256") is not None  # refresh failed, old set still used
+    assert "down" in c.last_error
+    clock.t = 1001
+    with pytest.raises(JwksError, match="older"):
+        c.key("k", "RS256")
+
+
+def test_a_set_that_never_loaded_fails_and_retries_at_the_interval_only() -> None:
+    src, clock = Source(OSError("down")), Clock()
+    c = cache(src, clock)
+    for _ in range(10):
+        with pytest.raises(JwksError):
+            c.key("k", "RS256")
+    assert src.calls == 1
+    clock.t = 31
+    with pytest.raises(JwksError):
+        c.key("k", "RS256")
+    assert src.calls == 2
+
+
+def test_concurrent_unknown_kids_fetch_once() -> None:
+    src, clock = Source(jwks(public_jwk(rsa_key(), "k"))), Clock()
+    c = cache(src, clock)
+    c.key("k", "RS256")
+    clock.t = 60
+    barrier = threading.Barrier(8)
+
+    def ask() -> None:
+        barrier.wait()
+        c.key("unknown", "RS256")
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert src.calls == 2
+
+
+def test_unsupported_algorithms_are_refused_by_the_cache() -> None:
+    with pytest.raises(ValueError, match="HS256"):
+        JwksCache(Source(b""), algorithms=("RS256", "HS256"))
+
+
+def test_file_source_rereads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_bytes(jwks(public_jwk(rsa_key(), "a")))
+    fetch = file_source(path)
+    assert b'"a"' in fetch()
+    path.write_bytes(jwks(public_jwk(rsa_key(), "b")))
+    assert b'"b"' in fetch()
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://id.example.com/.well-known/jwks.json", True),
+        ("http://127.0.0.1:8080/jwks", True),
+        ("http://localhost/jwks", True),
+        ("http://[::1]/jwks", True),
+        ("http://id.example.com/jwks", False),
+        ("ftp://id.example.com/jwks", False),
+        ("file:///etc/jwks.json", False),
+        ("https:///jwks", False),
+    ],
+)
+def test_key_set_urls_must_be_https_except_on_loopback(url: str, ok: bool) -> None:
+    if ok:
+        assert check_jwks_url(url) == url
+    else:
+        with pytest.raises(ValueError):
+            check_jwks_url(url)
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[tuple[str, list[int]]]:
+    """A key set served over HTTP on loopback; the list counts requests."""
+    body = jwks(public_jwk(rsa_key(), "srv"))
+    hits: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(1)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_url_source_fetches_over_http_on_loopback(jwks_server: tuple[str, list[int]]) -> None:
+    url, hits = jwks_server
+    c = JwksCache(url_source(url, timeout=2.0), algorithms=("RS256",))
+    assert c.key("srv", "RS256") is not None
+    assert c.key("srv", "RS256") is not None
+    assert len(hits) == 1
