@@ -200,6 +200,9 @@ def run(calls: int, concurrency: int, rounds: int, threads: int) -> dict[str, li
             "warning",
             "--set",
             f"threads={threads}",
+            # The server alone; what the audit log costs is benchmarks/audit_throughput.py.
+            "--set",
+            "audit.sink=none",
         ]
     )
     echo, echo_port, echo_pid = start(["-m", "benchmarks.server_echo", "--threads", str(threads)])

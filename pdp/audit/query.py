@@ -238,15 +238,21 @@ class Stats:
             "total": self.total,
             "first": format_time(self.first_us) if self.first_us is not None else None,
             "last": format_time(self.last_us) if self.last_us is not None else None,
-            "by_decision": dict(self.by_decision.most_common()),
-            "by_action": dict(self.by_action.most_common()),
-            "by_resource_type": dict(self.by_resource_type.most_common()),
-            "by_rule": dict(self.by_rule.most_common()),
+            "by_decision": dict(ranked(self.by_decision)),
+            "by_action": dict(ranked(self.by_action)),
+            "by_resource_type": dict(ranked(self.by_resource_type)),
+            "by_rule": dict(ranked(self.by_rule)),
             "top_denied_subjects": [
-                {"subject": s, "count": n} for s, n in self.denied_subjects.most_common(top)
+                {"subject": s, "count": n} for s, n in ranked(self.denied_subjects, top)
             ],
             "top_denied_rules": [
-                {"rule": s, "count": n} for s, n in self.denied_rules.most_common(top)
+                {"rule": s, "count": n} for s, n in ranked(self.denied_rules, top)
             ],
             "problems": [str(p) for p in self.problems],
         }
+
+
+def ranked(counter: Counter[str], top: int | None = None) -> list[tuple[str, int]]:
+    """Most common first, ties by name: the same order from every source."""
+    items = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    return items if top is None else items[:top]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pdp.audit.jsonl import Segment, read_lines, segments
+from pdp.audit.jsonl import Segment, read_blocks, read_lines, segments
 from pdp.audit.query import Filter, Page, Problem, QueryError, Stats
 from pdp.audit.record import DecisionRecord, RecordError, format_time, parse_line
 from pdp.audit.sink import MemorySink
@@ -103,34 +103,71 @@ class ScanSource:
 
     description = ""
 
-    def _lines(self) -> Iterator[tuple[str, int, str]]:
-        """(file, line number, text) of every stored line, chain by chain."""
+    def _blocks(self, newest_first: bool = False) -> Iterator[tuple[str, int, bytes]]:
+        """(file, number of the first line, block of whole lines) for every stored line,
+        chain by chain; `newest_first`: each chain from its end backwards, which lets a
+        search for the newest records skip parsing almost every older line."""
         raise NotImplementedError
 
-    def _records(self, flt: Filter, problems: list[Problem]) -> Iterator[DecisionRecord]:
-        needles = flt.needles()
-        lo = format_time(flt.since_us) if flt.since_us is not None else None
-        hi = format_time(flt.until_us) if flt.until_us is not None else None
-        for name, n, line in self._lines():
-            # Cheap tests on the text first: most lines of a big log fail one of them.
-            if needles and not all(any(x in line for x in group) for group in needles):
+    def _records(
+        self,
+        flt: Filter,
+        problems: list[Problem],
+        *,
+        newest_first: bool = False,
+        floor: list[bytes] | None = None,
+        ceiling: bytes | None = None,
+    ) -> Iterator[DecisionRecord]:
+        """The matching records.
+
+        Lines whose time is below `floor[0]` (kept up to date by the caller while it
+        consumes) or above `ceiling` (fixed-width time text) are skipped unparsed:
+        they cannot make the page.
+        """
+        needles = [tuple(x.encode("utf-8") for x in group) for group in flt.needles()]
+        lo = format_time(flt.since_us).encode() if flt.since_us is not None else None
+        hi = format_time(flt.until_us).encode() if flt.until_us is not None else None
+        timed = lo is not None or hi is not None or ceiling is not None or floor is not None
+        for name, n, raw in self._lines(needles, newest_first):
+            # Cheap tests on the bytes first: most lines of a big log fail one of them.
+            if needles and not all(any(x in raw for x in group) for group in needles):
                 continue
-            if lo is not None or hi is not None:
-                at = line.find('"time":"')
+            if timed:
+                at = raw.find(b'"time":"')
                 if at >= 0:
-                    t = line[at + 8 : at + 35]
-                    if (lo is not None and t < lo) or (hi is not None and t >= hi):
+                    t = raw[at + 8 : at + 35]
+                    if (
+                        (lo is not None and t < lo)
+                        or (hi is not None and t >= hi)
+                        or (ceiling is not None and t > ceiling)
+                        or (floor and t < floor[0])
+                    ):
                         continue
             try:
-                record = parse_line(line)[0]
+                record = parse_line(raw.decode("utf-8", "replace"))[0]
             except RecordError as exc:
-                if line.strip():
+                if raw.strip():
                     problems.append(Problem(f"{name}:{n}", f"not a valid record: {exc}"))
                 else:
                     problems.append(Problem(f"{name}:{n}", "empty line"))
                 continue
             if flt.matches(record):
                 yield record
+
+    def _lines(
+        self, needles: list[tuple[bytes, ...]], newest_first: bool
+    ) -> Iterator[tuple[str, int, bytes]]:
+        """(file, line number, line) of the lines that contain one of `needles[0]`, or
+        of every line when there are no needles."""
+        anchors = needles[0] if needles else ()
+        for name, first, block in self._blocks(newest_first):
+            if anchors:
+                spans = _spans_with(block, anchors)
+            else:
+                spans = _all_spans(block)
+            numbered = _numbered(block, first, spans)
+            for n, start, end in reversed(numbered) if newest_first else numbered:
+                yield name, n, block[start:end].rstrip(b"\r")
 
     def search(self, flt: Filter, limit: int, cursor: str | None = None) -> Page:
         if limit < 1:
@@ -142,7 +179,12 @@ class ScanSource:
         problems: list[Problem] = []
         best: list[tuple[tuple[int, str, int], int, DecisionRecord]] = []
         tie = 0  # keeps heap entries comparable when keys are equal (a copied record)
-        for r in self._records(flt, problems):
+
+        # Once the page is full, a line older than its oldest record cannot get in.
+        floor: list[bytes] = []
+        ceiling = format_time(bound[0]).encode() if bound is not None else None
+        found = self._records(flt, problems, newest_first=True, floor=floor, ceiling=ceiling)
+        for r in found:
             key = (r.time_us, r.chain, r.seq)
             if bound is not None and key >= bound:
                 continue
@@ -152,11 +194,16 @@ class ScanSource:
                 heapq.heappush(best, item)
             elif item > best[0]:
                 heapq.heapreplace(best, item)
+            else:
+                continue
+            if len(best) > limit:
+                floor[:] = [format_time(best[0][0][0]).encode()]
         ordered = sorted(best, reverse=True)
         next_cursor = None
         if len(ordered) > limit:
             ordered = ordered[:limit]
             next_cursor = encode_cursor(list(ordered[-1][0]))
+        problems.sort(key=_place)
         return Page([r for _, _, r in ordered], next_cursor, problems)
 
     def get(self, decision_id: str) -> tuple[DecisionRecord | None, list[Problem]]:
@@ -174,6 +221,46 @@ class ScanSource:
 
     def close(self) -> None:
         pass
+
+
+def _spans_with(block: bytes, needles: tuple[bytes, ...]) -> list[tuple[int, int]]:
+    """(start, end) of each line of `block` holding one of `needles`, in order."""
+    starts: set[int] = set()
+    for needle in needles:
+        at = block.find(needle)
+        while at >= 0:
+            start = block.rfind(b"\n", 0, at) + 1
+            end = block.find(b"\n", at)
+            starts.add(start)
+            at = block.find(needle, end)
+    return [(s, block.find(b"\n", s)) for s in sorted(starts)]
+
+
+def _all_spans(block: bytes) -> list[tuple[int, int]]:
+    spans = []
+    start = 0
+    end = block.find(b"\n")
+    while end >= 0:
+        spans.append((start, end))
+        start = end + 1
+        end = block.find(b"\n", start)
+    return spans
+
+
+def _numbered(block: bytes, first: int, spans: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(line number, start, end) for spans in block order: newlines counted between them."""
+    out = []
+    n, at = first, 0
+    for start, end in spans:
+        n += block.count(b"\n", at, start)
+        out.append((n, start, end))
+        at = start
+    return out
+
+
+def _place(p: Problem) -> tuple[str, int]:
+    name, _, line = p.where.rpartition(":")
+    return (name, int(line)) if line.isdigit() else (p.where, 0)
 
 
 def _entry(name: str, n: int, line: str) -> Entry:
@@ -200,12 +287,12 @@ class JsonlSource(ScanSource):
         # A single file is one chain whatever its name: the chain its records name.
         return {"": next(iter(found.values()))} if self.single else found
 
-    def _lines(self) -> Iterator[tuple[str, int, str]]:
+    def _blocks(self, newest_first: bool = False) -> Iterator[tuple[str, int, bytes]]:
         for segs in self._segments().values():
-            for seg in segs:
+            for seg in reversed(segs) if newest_first else segs:
                 name = str(seg.path)
-                for n, line in read_lines(seg.path):
-                    yield name, n, line
+                for first, block in read_blocks(seg.path, reverse=newest_first):
+                    yield name, first, block
 
     def chains(self) -> list[str]:
         return list(self._segments())
@@ -240,12 +327,17 @@ class JsonlSource(ScanSource):
                             yield from tail.read(flt)
                             tail.switch(seg.path)
                     yield from tail.read(flt)
-                    active = segs[-1].path
-                    if not tail.same_file(active):
-                        # Rotated: the old segment is complete; read its end, move on.
+                    if not tail.same_file(segs[-1].path):
+                        # Rotated (maybe more than once since the last look): finish the
+                        # segment being read, then read every later one in order.
                         yield from tail.read(flt)
-                        tail.switch(active)
-                        yield from tail.read(flt)
+                        later = [seg.path for seg in segs]
+                        for i, seg in enumerate(segs):
+                            if tail.same_file(seg.path):
+                                later = [x.path for x in segs[i + 1 :]]
+                        for path in later:
+                            tail.switch(path)
+                            yield from tail.read(flt)
                 time.sleep(poll)
         finally:
             for tail in tails.values():
@@ -304,9 +396,9 @@ class MemorySource(ScanSource):
         self.sink = sink
         self.description = "memory"
 
-    def _lines(self) -> Iterator[tuple[str, int, str]]:
-        for i, line in enumerate(list(self.sink.lines), 1):
-            yield "memory", i, line
+    def _blocks(self, newest_first: bool = False) -> Iterator[tuple[str, int, bytes]]:
+        text = "".join(line + "\n" for line in list(self.sink.lines))
+        yield "memory", 1, text.encode("utf-8")
 
     def chains(self) -> list[str]:
         return sorted({r.chain for r in self.sink.records})

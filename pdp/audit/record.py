@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -163,12 +164,61 @@ def seal(record: DecisionRecord, chain: str, seq: int, prev: str) -> tuple[Decis
     The line is the canonical form with `hash` appended, so that a reader recomputes
     the hash from exactly what it parses.
     """
-    obj = record.to_json()
-    obj["chain"], obj["seq"], obj["prev"] = chain, seq, prev
-    body = canonical(obj)
+    body = canonical_body(record, chain, seq, prev)
     digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
     line = body[:-1] + f',"hash":"{digest}"}}'
     return _replace_chain(record, chain, seq, prev, digest), line
+
+
+_json_str = json.encoder.encode_basestring  # the C encoder json.dumps uses with ensure_ascii=False
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_body(r: DecisionRecord, chain: str, seq: int, prev: str) -> str:
+    """`canonical(record.to_json())` with the chain fields set, without the dicts.
+
+    The writer seals every record with this, so it is written out by hand, key by key
+    in sorted order; `tests/audit/test_record.py` checks that it equals `canonical`
+    for any record.
+    """
+    s = _json_str
+    parts = ['{"action":{"name":', s(r.action)]
+    if r.action_properties is not None:
+        parts += [',"properties":', _ENCODER.encode(r.action_properties)]
+    parts += ['},"bindings_version":', s(r.bindings_version), ',"caller":', s(r.caller)]
+    parts += [',"chain":', s(chain)]
+    if r.context is not None:
+        parts += [',"context":', _ENCODER.encode(r.context)]
+    parts += [',"decision":"allow"' if r.allowed else ',"decision":"deny"']
+    parts += [',"decision_id":', s(r.decision_id), ',"diagnostics":[']
+    parts.append(
+        ",".join(
+            f'{{"code":{s(d.code)},"message":{s(d.message)},"rule_id":'
+            f"{s(d.rule_id) if d.rule_id is not None else 'null'}}}"
+            for d in r.diagnostics
+        )
+    )
+    parts += ['],"latency_us":', str(int(r.latency_us)), ',"policy_version":']
+    parts += [s(r.policy_version), ',"prev":', s(prev), ',"reasons":[']
+    parts.append(
+        ",".join(
+            f'{{"at":{s(x.at) if x.at is not None else "null"},"rule":{s(x.rule)}}}'
+            for x in r.reasons
+        )
+    )
+    parts.append('],"resource":{')
+    if r.resource_ancestors is not None:
+        parts += ['"ancestors":[', ",".join(s(a) for a in r.resource_ancestors), "],"]
+    parts += ['"id":', s(r.resource_id)]
+    if r.resource_properties is not None:
+        parts += [',"properties":', _ENCODER.encode(r.resource_properties)]
+    parts += [',"type":', s(r.resource_type), '},"seq":', str(int(seq)), ',"subject":{"id":']
+    parts.append(s(r.subject_id))
+    if r.subject_properties is not None:
+        parts += [',"properties":', _ENCODER.encode(r.subject_properties)]
+    parts += [',"roles":[', ",".join(s(x) for x in r.roles), '],"type":', s(r.subject_type)]
+    parts += ['},"time":"', format_time(r.time_us), '","v":', str(int(r.v)), "}"]
+    return "".join(parts)
 
 
 def _replace_chain(r: DecisionRecord, chain: str, seq: int, prev: str, h: str) -> DecisionRecord:
@@ -332,7 +382,17 @@ def from_us(us: int) -> datetime:
 
 def format_time(us: int) -> str:
     """`2026-11-26T12:00:00.000123Z`: fixed width, so text order is time order."""
-    return from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _second_text
+    seconds, micros = divmod(us, 1_000_000)
+    cached, text = _second_text  # one tuple: read and replaced whole, so thread-safe
+    if cached != seconds:
+        # Records come many to a second: the date and time text is made once per second.
+        text = from_us(seconds * 1_000_000).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_text = (seconds, text)
+    return f"{text}.{micros:06d}Z"
+
+
+_second_text: tuple[int | None, str] = (None, "")
 
 
 def parse_iso(text: str) -> datetime:
@@ -423,8 +483,11 @@ def build_record(
     if time_us is None:
         now = request.now if request is not None and request.now else datetime.now(UTC)
         time_us = to_us(now)
-    loc = policy.rule_location if policy is not None else None
-    reasons = tuple(Reason(r, loc(r) if loc else None) for r in decision.reasons)
+    if policy is not None:
+        places = _places(policy)
+        reasons = tuple(Reason(r, places.get(r)) for r in decision.reasons)
+    else:
+        reasons = tuple(Reason(r) for r in decision.reasons)
     subject_props = action_props = resource_props = context = None
     ancestors: tuple[str, ...] | None = None
     subject_type = subject_id = resource_type = resource_id = ""
@@ -491,6 +554,22 @@ def build_record(
         resource_ancestors=ancestors,
         context=context,
     )
+
+
+_places_cache: dict[str, dict[str, str | None]] = {}
+_places_lock = threading.Lock()
+
+
+def _places(policy: CompiledPolicySet) -> dict[str, str | None]:
+    """rule id → `file:line` for a policy version, made once (records need it per call)."""
+    places = _places_cache.get(policy.version)
+    if places is None:
+        places = {rule: policy.rule_location(rule) for rule in policy.rules}
+        with _places_lock:
+            if len(_places_cache) >= 8:  # versions come and go with reloads: keep a few
+                _places_cache.pop(next(iter(_places_cache)))
+            _places_cache[policy.version] = places
+    return places
 
 
 def _section(**parts: Any) -> dict[str, Any]:

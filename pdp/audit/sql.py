@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -258,6 +259,14 @@ class SqlSink(_SqlBase):
 
 class SqlSource(_SqlBase):
     """Reads the audit table with indexed queries; the same answers as the file log."""
+
+    def __init__(self, url: str, *, table: str = DEFAULT_TABLE, schema: str | None = None) -> None:
+        parsed = parse_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            # Reading must not create an empty database where a path was mistyped.
+            if not Path(parsed.database).is_file():
+                raise SinkError(f"no SQLite database at {parsed.database}")
+        super().__init__(url, table=table, schema=schema)
 
     def _conditions(self, flt: Filter) -> list[ColumnElement[bool]]:
         a = self.audit

@@ -1,23 +1,27 @@
-"""The background writer: group commit, the hash chain, durability modes, sampling.
+"""The writer: group commit, the hash chain, durability modes, sampling.
 
-Request threads `submit` the records of a call; one writer thread takes everything
-queued, places the records in the chain (in commit order), writes them as one batch
-and, in `durable` mode, wakes the callers waiting on that batch. While a batch is
-being written the next one gathers, so the cost of an fsync or a commit is shared by
-every call that arrived meanwhile (group commit).
+Request threads `submit` the records of a call. Records are placed in the chain in
+commit order and written in batches; nothing is written one record at a time on a
+call's path.
 
-Modes:
+- `durable`: the call waits on the `Ticket` that `submit` returns and is answered
+  only once its records are stored; when the sink fails, the ticket says so and the
+  server denies. Group commit is leader/follower: a call that finds no write in
+  progress writes everything queued itself (its own records first among them);
+  calls arriving meanwhile queue up, and when the write is done the first of them is
+  woken to write the next batch for all of them. So one fsync (or commit) serves
+  every call that arrived during the previous one, and no thread hand-off is added
+  to a call's path beyond the wake-up it needs anyway.
+- `buffered`: `submit` returns at once; a background thread writes within
+  `flush_interval` seconds. When the sink fails the records are kept and retried, up
+  to `buffer_limit`; past that new ones are dropped and counted in `stats().lost`,
+  and the failure is logged: never silent.
 
-- `durable`: `submit` returns a `Ticket`; the caller waits on it and answers only
-  when its records are stored. When the sink fails the ticket says so, and the
-  server denies: no decision goes out without its record.
-- `buffered`: `submit` returns at once; records are written within
-  `flush_interval` seconds. When the sink fails they are kept and retried, up to
-  `buffer_limit` records; past that new records are dropped and counted in
-  `stats().lost`, and the failure is logged: never silent.
-
-Allowed decisions may be sampled (`sample_allowed` < 1): a kept fraction chosen by
-the decision id, so every replica keeps the same ones. Denials are always kept.
+The background thread also probes a failing sink (every `retry_interval`), so a
+durable server that stopped getting traffic (health NOT_SERVING) finds out when the
+sink works again. Allowed decisions may be sampled (`sample_allowed` < 1): a kept
+fraction chosen by the decision id, so every replica keeps the same ones; denials
+are always kept.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ log = logging.getLogger("pdp.audit")
 Mode = Literal["durable", "buffered"]
 MODES: tuple[Mode, ...] = ("durable", "buffered")
 
+Item = tuple[Sequence[DecisionRecord], "Ticket"]
+
 
 @dataclass(frozen=True, slots=True)
 class WriterStats:
@@ -59,42 +65,87 @@ class WriterStats:
 class Ticket:
     """The outcome of one `submit`: wait for it in `durable` mode."""
 
-    __slots__ = ("_event", "ok", "error", "cancelled")
+    __slots__ = ("_lock", "_writer", "ok", "error", "cancelled", "lead", "finished")
 
-    def __init__(self, done: bool = False) -> None:
-        self._event = threading.Event()
+    def __init__(self, writer: AuditWriter | None = None, *, done: bool = False) -> None:
+        # A held lock that is released once: the cheapest wait-and-wake there is (one
+        # C call each side), which matters on every durable call.
+        self._lock = threading.Lock()
+        self._writer = writer
         self.ok = done
         self.error = ""
-        self.cancelled = False
-        if done:
-            self._event.set()
+        self.cancelled = False  # the caller gave up waiting (and denied)
+        self.lead = False  # the lock was released to make the caller write, not because done
+        self.finished = done
+        if not done:
+            self._lock.acquire()
 
     def wait(self, timeout: float | None = None) -> bool:
         """True when the records are stored; False when they failed or time ran out.
 
-        After a timeout the ticket is cancelled: records not yet taken for a batch are
-        then never written (one taken already may still be).
+        After a timeout the ticket is cancelled: its records, if not yet taken for a
+        batch, are never written (taken already, they may still be).
         """
-        if not self._event.wait(timeout):
-            self.cancelled = True
-            if not self.error:
-                self.error = f"the audit log did not confirm the write within {timeout} s"
-            return False
-        return self.ok
+        writer = self._writer
+        if writer is None:
+            return self.ok
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            got = self._lock.acquire(timeout=left)
+            # INVARIANT: `lead`, `finished` and the releases of `_lock` change under the
+            # writer's lock, so what we see here and the lock's state agree.
+            with writer._cond:
+                if not got:
+                    if not (self.lead or self.finished):
+                        self.cancelled = True
+                        if not self.error:
+                            self.error = (
+                                f"the audit log did not confirm the write within {timeout} s"
+                            )
+                        return False
+                    self._lock.acquire()  # released for us just now: free
+                lead = self.lead and not self.finished
+                self.lead = False
+            if lead:
+                # Our records head the queue; writing them finishes us (releasing the lock
+                # we hold), and the next round of the loop returns.
+                writer._lead()
+                continue
+            self._lock.release()  # a second wait() returns at once
+            return self.ok
 
     def _finish(self, ok: bool, error: str = "") -> None:
-        self.ok, self.error = ok, error
-        self._event.set()
+        """Done: stored (`ok`) or not. Once per ticket; later calls change nothing."""
+        writer = self._writer
+        assert writer is not None
+        with writer._cond:
+            if self.finished:
+                return
+            self.finished = True
+            self.ok, self.error = ok, error
+            if self.lead:
+                self.lead = False  # released to lead, not picked up yet: that release stands
+            else:
+                self._lock.release()
+
+    def _promote(self) -> bool:
+        """Wake the caller to write the next batch (under the writer's lock)."""
+        if self.finished or self.cancelled:
+            return False
+        self.lead = True
+        self._lock.release()
+        return True
 
 
-_DONE = Ticket(done=True)
+_DONE = Ticket(done=True)  # what buffered calls get: nothing to wait for
 
 
 class AuditWriter:
-    """One writer thread per sink and chain; thread-safe `submit`.
+    """One writer per sink and chain; `submit` is thread-safe.
 
     `on_health(healthy, reason)` is called when the sink starts or stops working
-    (for the server's health status); it runs on the writer thread.
+    (for the server's health status), on whichever thread noticed.
     """
 
     def __init__(
@@ -126,15 +177,17 @@ class AuditWriter:
         self.retry_interval = retry_interval
         self.on_health = on_health
         self._cond = threading.Condition()
-        self._queue: deque[tuple[Sequence[DecisionRecord], Ticket]] = deque()
+        self._queue: deque[Item] = deque()
         self._pending = 0
         self._closing = False
         self._thread: threading.Thread | None = None
-        # Chain state; touched by the writer thread only (after start).
+        # INVARIANT: only the thread that set `_writing` (a durable leader, or the
+        # background thread) touches the sink and the chain state below.
+        self._writing = False
         self._seq = 0
         self._prev = GENESIS
         self._opened = False
-        # Counters (written under _cond or by the writer thread; read racily for stats).
+        # Counters (changed under _cond; read without it for stats).
         self._written = self._lost = self._rejected = self._sampled_out = self._batches = 0
         self._healthy = True
         self._last_error = ""
@@ -146,15 +199,19 @@ class AuditWriter:
     def start(self) -> None:
         """Open the chain (continuing from the sink's last record) and start the thread.
 
-        A sink that cannot be opened now is not fatal: the thread retries, and until it
-        succeeds the writer is unhealthy and durable tickets fail.
+        A sink that cannot be opened now is not fatal: the writer is unhealthy (durable
+        calls are refused) and the background thread retries.
         """
         self._try_open()
         self._thread = threading.Thread(target=self._run, name="pdp-audit-writer", daemon=True)
         self._thread.start()
 
     def submit(self, records: Sequence[DecisionRecord]) -> Ticket:
-        """Queue the records of one call, in decision order; see the modes above."""
+        """Queue the records of one call, in decision order; see the modes above.
+
+        Durable: the records are written by the time `Ticket.wait` returns True (when
+        no write was in progress, they are written before `submit` returns).
+        """
         if self.sample_allowed < 1.0:
             kept = [r for r in records if not r.allowed or self._sampled(r.decision_id)]
             if len(kept) != len(records):
@@ -163,17 +220,41 @@ class AuditWriter:
                 records = kept
         if not records:
             return _DONE
-        durable = self.mode == "durable"
-        ticket = Ticket() if durable else _DONE
+        if self.mode == "buffered":
+            self._submit_buffered(records)
+            return _DONE
+        ticket = Ticket(self)
+        with self._cond:
+            refusal = self._refusal()
+            if refusal is None:
+                self._queue.append((records, ticket))
+                self._pending += len(records)
+                if self._writing:
+                    return ticket  # the writer in progress, or the next leader, takes it
+                self._writing = True
+            else:
+                self._rejected += len(records)
+        if refusal is not None:
+            ticket._finish(False, refusal)
+            return ticket
+        self._lead()
+        return ticket
+
+    def _refusal(self) -> str | None:
+        """Why a durable call is refused at once (under the lock), or None."""
+        if self._closing:
+            return "the audit log is closed (the server is stopping)"
+        if not self._healthy and time.monotonic() < self._retry_at:
+            # Deny at once rather than keep callers waiting for the next attempt.
+            return f"the audit log is failing: {self._last_error}"
+        return None
+
+    def _submit_buffered(self, records: Sequence[DecisionRecord]) -> None:
         with self._cond:
             if self._closing:
-                if durable:
-                    self._rejected += len(records)
-                    ticket._finish(False, "the audit log is closed (the server is stopping)")
-                else:
-                    self._lost += len(records)
-                return ticket
-            if not durable and self._pending + len(records) > self.buffer_limit:
+                self._lost += len(records)
+                return
+            if self._pending + len(records) > self.buffer_limit:
                 self._lost += len(records)
                 if self._lost == len(records) or self._lost % 10_000 < len(records):
                     log.error(
@@ -182,14 +263,13 @@ class AuditWriter:
                         self._lost,
                         self._last_error or "the sink is too slow",
                     )
-                return ticket
+                return
             was_empty = not self._queue
-            self._queue.append((records, ticket))
+            self._queue.append((records, _DONE))
             self._pending += len(records)
-            # Buffered: wake the writer to start the flush clock, or when a batch is full.
-            if durable or was_empty or self._pending >= self.max_batch:
-                self._cond.notify()
-        return ticket
+            # Wake the writer to start the flush clock, or when a batch is full.
+            if was_empty or self._pending >= self.max_batch:
+                self._cond.notify_all()
 
     def _sampled(self, decision_id: str) -> bool:
         digest = hashlib.blake2b(decision_id.encode(), digest_size=8).digest()
@@ -217,23 +297,63 @@ class AuditWriter:
         """Write what is queued (one last try when the sink fails), stop, close the sink."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.error("audit writer did not finish within %.1f s", timeout)
         with self._cond:
+            # A durable leader may be finishing its last batch: let it, then close.
+            deadline = time.monotonic() + timeout
+            while self._writing and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
             left = list(self._queue)
             self._queue.clear()
             self._pending = 0
-        for records, ticket in left:
-            self._give_up(records, ticket, "the audit log was closed before this was written")
+        self._give_up_all(left, "the audit log was closed before they were written")
         try:
             self.sink.close()
         except Exception:
             log.exception("closing the audit sink failed")
 
-    # --- the writer thread ---------------------------------------------------------------
+    # --- durable: leaders ----------------------------------------------------------------
+
+    def _lead(self) -> None:
+        """Write one batch from the head of the queue, then pass the lead on.
+
+        INVARIANT: called with `_writing` set by (or for) this thread.
+        """
+        with self._cond:
+            batch = self._take()
+            refusal = self._refusal() if not self._closing else None
+        try:
+            if batch and refusal is not None:
+                # The sink failed a moment ago (the batch before this one): do not try
+                # again before `retry_interval`, deny these callers now.
+                self._give_up_all(batch, refusal)
+            elif batch:
+                if not self._opened and not self._try_open():
+                    self._failed(batch)
+                else:
+                    self._write(batch)
+        except Exception as exc:  # a bug of ours: fail these calls, never stall the next
+            log.exception("audit writer failed")
+            self._last_error = f"internal error in the audit writer ({type(exc).__name__})"
+            self._opened = False
+            self._give_up_all(batch, self._last_error)
+        with self._cond:
+            # The first caller still waiting writes the next batch for all that queued.
+            while self._queue and not self._closing:
+                records, ticket = self._queue[0]
+                if ticket._promote():
+                    return
+                self._queue.popleft()  # gave up waiting: it denied, so no record
+                self._pending -= len(records)
+                self._rejected += len(records)
+            self._writing = False
+            self._cond.notify_all()  # close() may be waiting for the last write
+
+    # --- buffered, probing, closing: the background thread -------------------------------
 
     def _run(self) -> None:
         while True:
@@ -242,46 +362,53 @@ class AuditWriter:
                     self._cond.wait(self._wait_time())
                 if self._closing and not self._queue:
                     return
-                batch = self._take()
-            now = time.monotonic()
-            if not self._healthy and now < self._retry_at and not self._closing:
-                # Durable mode, sink failing, not yet time to try again: deny at once
-                # rather than keep every caller waiting for the next attempt.
-                for records, ticket in batch:
-                    self._give_up(records, ticket, f"the audit log is failing: {self._last_error}")
-                continue
-            if not self._opened and not self._try_open():
-                self._failed(batch)
-                continue
-            if batch:
-                self._write(batch)
-            else:  # a successful probe of a sink that had failed
-                self._set_health(True, "")
+                if self._writing:
+                    continue  # a durable leader is at it
+                self._writing = True
+                batch = self._take() if self.mode == "buffered" or self._closing else []
+            try:
+                if not self._opened and not self._try_open():
+                    self._failed(batch)
+                elif batch:
+                    self._write(batch)
+                else:  # a successful probe of a sink that had failed
+                    self._set_health(True, "")
+            except Exception as exc:  # a bug of ours: count the loss, keep the thread
+                log.exception("audit writer failed")
+                self._last_error = f"internal error in the audit writer ({type(exc).__name__})"
+                self._opened = False
+                self._give_up_all(batch, self._last_error)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
 
     def _due(self) -> bool:
-        """Whether the writer thread has something to do now (called under the lock)."""
+        """Whether the background thread has something to do now (under the lock)."""
         if self._closing:
-            return True
+            return not self._writing
         now = time.monotonic()
-        if not self._queue:
-            return not self._healthy and now >= self._retry_at  # probe the sink
-        if self.mode == "durable":
-            return True
-        if not self._healthy:
-            return now >= self._retry_at
+        if not self._healthy and now >= self._retry_at:
+            return not self._writing and (self.mode == "buffered" or not self._queue)
+        if self.mode == "durable" or not self._queue or not self._healthy:
+            return False
         return self._pending >= self.max_batch or now >= self._flush_at
 
     def _wait_time(self) -> float | None:
         now = time.monotonic()
+        if self._closing or self._writing:
+            return 0.05  # a durable leader is finishing; look again soon
         if not self._healthy:
             return max(0.0, self._retry_at - now) + 0.001
         if self._queue and self.mode == "buffered":
             return max(0.0, self._flush_at - now) + 0.001
         return None
 
-    def _take(self) -> list[tuple[Sequence[DecisionRecord], Ticket]]:
-        """Up to `max_batch` records from the front of the queue (called under the lock)."""
-        batch: list[tuple[Sequence[DecisionRecord], Ticket]] = []
+    # --- writing (by whichever thread holds `_writing`) ----------------------------------
+
+    def _take(self) -> list[Item]:
+        """Up to `max_batch` records from the front of the queue (under the lock)."""
+        batch: list[Item] = []
         n = 0
         while self._queue and (n == 0 or n + len(self._queue[0][0]) <= self.max_batch):
             records, ticket = self._queue.popleft()
@@ -294,12 +421,7 @@ class AuditWriter:
             n += len(records)
         return batch
 
-    def _write(self, batch: list[tuple[Sequence[DecisionRecord], Ticket]]) -> None:
-        if not batch:
-            return
-        if not self._opened and not self._try_open():
-            self._failed(batch)
-            return
+    def _write(self, batch: list[Item]) -> None:
         sealed: list[DecisionRecord] = []
         lines: list[str] = []
         seq, prev = self._seq, self._prev
@@ -324,9 +446,10 @@ class AuditWriter:
             self._flush_at = time.monotonic() + self.flush_interval
         self._set_health(True, "")
         for _, ticket in batch:
-            ticket._finish(True)
+            if ticket is not _DONE:  # buffered calls share one finished ticket
+                ticket._finish(True)
 
-    def _failed(self, batch: list[tuple[Sequence[DecisionRecord], Ticket]]) -> None:
+    def _failed(self, batch: list[Item]) -> None:
         self._set_health(False, self._last_error)
         with self._cond:
             self._retry_at = time.monotonic() + self.retry_interval
@@ -336,18 +459,22 @@ class AuditWriter:
                     self._queue.appendleft(item)
                     self._pending += len(item[0])
                 return
-        for records, ticket in batch:
-            self._give_up(records, ticket, self._last_error)
+        self._give_up_all(batch, self._last_error)
 
-    def _give_up(self, records: Sequence[DecisionRecord], ticket: Ticket, why: str) -> None:
-        with self._cond:
+    def _give_up_all(self, items: Sequence[Item], why: str) -> None:
+        """Fail durable callers (they deny); count buffered records as lost, and say so."""
+        lost = 0
+        for records, ticket in items:
             if ticket is _DONE:
-                self._lost += len(records)
-                log.error("audit: %d records could not be written: %s", len(records), why)
+                lost += len(records)
             else:
-                self._rejected += len(records)
-        if ticket is not _DONE:
-            ticket._finish(False, why)
+                with self._cond:
+                    self._rejected += len(records)
+                ticket._finish(False, why)
+        if lost:
+            with self._cond:
+                self._lost += lost
+            log.error("audit: %d records could not be written: %s", lost, why)
 
     def _try_open(self) -> bool:
         try:
@@ -355,16 +482,20 @@ class AuditWriter:
         except Exception as exc:
             self._last_error = str(exc) or type(exc).__name__
             self._set_health(False, self._last_error)
-            self._retry_at = time.monotonic() + self.retry_interval
+            with self._cond:
+                self._retry_at = time.monotonic() + self.retry_interval
             return False
         self._seq, self._prev = (head.seq, head.hash) if head else (0, GENESIS)
         self._opened = True
         return True
 
     def _set_health(self, healthy: bool, reason: str) -> None:
-        if healthy == self._healthy:
-            return
-        self._healthy = healthy
+        with self._cond:
+            if healthy == self._healthy:
+                return
+            self._healthy = healthy
+            if not healthy:
+                self._cond.notify_all()  # the background thread starts probing
         if healthy:
             log.info("audit log writable again (%s)", self.chain)
         else:

@@ -132,9 +132,9 @@ def _open(args: argparse.Namespace) -> AuditSource:
     try:
         return open_source(log=log, db=db, table=args.table)
     except FileNotFoundError as exc:
-        raise _Stop(fail(escape(str(exc)))) from None
+        raise _Stop(fail(str(exc))) from None
     except SinkError as exc:
-        raise _Stop(fail(escape(str(exc)))) from None
+        raise _Stop(fail(str(exc))) from None
 
 
 def _filter(args: argparse.Namespace) -> Filter:
@@ -150,7 +150,7 @@ def _filter(args: argparse.Namespace) -> Filter:
 
 
 def _usage(message: str) -> int:
-    fail(escape(message))
+    fail(message)
     return EXIT_USAGE
 
 
@@ -173,9 +173,9 @@ def _guard(fn: Any) -> Any:
         except QueryError as exc:
             return _usage(str(exc))
         except SinkError as exc:
-            return fail(escape(str(exc)))
+            return fail(str(exc))
         except OSError as exc:
-            return fail(escape(f"cannot read {exc.filename or 'the audit log'}: {exc.strerror}"))
+            return fail(f"cannot read {exc.filename or 'the audit log'}: {exc.strerror}")
 
     return run
 
@@ -251,7 +251,7 @@ def run_show(args: argparse.Namespace) -> int:
         source.close()
     _warn(problems)
     if record is None:
-        return fail(f"no decision `{escape(args.decision_id)}` in {escape(source.description)}")
+        return fail(f"no decision `{args.decision_id}` in {source.description}")
     again = _rederive(record, args)
     if args.json:
         print_json({"record": record.to_json(), "rederived": _rederived_json(again)})
@@ -411,7 +411,7 @@ def _print_stats(s: Stats, top: int) -> None:
     for title, counter, limit in (
         ("by action", s.by_action, None),
         ("by resource type", s.by_resource_type, None),
-        ("by rule (decisions it decided)", s.by_rule, top),
+        ("by rule", s.by_rule, top),
         ("top denied subjects", s.denied_subjects, top),
         ("top denying rules", s.denied_rules, top),
     ):

@@ -7,9 +7,37 @@ import sys
 from collections.abc import Sequence
 
 from pdp import __version__
-from pdp.cli import audit, bindings, check, db, groups, serve, store, subjects, test, validate
+from pdp.cli import (
+    apikeys,
+    audit,
+    bindings,
+    check,
+    db,
+    groups,
+    serve,
+    sessions,
+    store,
+    subjects,
+    test,
+    tokens,
+    validate,
+)
 
-VERBS = (validate, check, test, serve, bindings, subjects, groups, store, db, audit)
+VERBS = (
+    validate,
+    check,
+    test,
+    serve,
+    bindings,
+    subjects,
+    groups,
+    store,
+    db,
+    apikeys,
+    sessions,
+    tokens,
+    audit,
+)
 
 EPILOG = """\
 exit codes:

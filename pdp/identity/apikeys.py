@@ -295,7 +295,8 @@ class ApiKeys:
         The new key's expiry is `expires_at` if given, else the old key's lifetime
         counted from now (none if the old key had none).
         """
-        old = self._repo.get(_check_prefix(prefix))
+        key = _check_prefix(prefix)
+        old = self._repo.get(key)
         if old is None:
             raise ApiKeyError(f"no API key with prefix `{prefix}`")
         if old.state(now) != "active":
@@ -312,7 +313,10 @@ class ApiKeys:
             scopes=old.scopes,
             expires_at=expires_at,
         )
-        self._repo.retire(prefix, now + overlap, new.record.prefix)
+        if not self._repo.retire(key, now + overlap, new.record.prefix):
+            # Revoked between our read and the write: the new key must not outlive it.
+            self._repo.revoke(new.record.prefix, now)
+            raise ApiKeyError(f"API key `{display(prefix)}` changed while rotating it")
         return new
 
 

@@ -1,8 +1,9 @@
 """The composition root: the one place that chooses and wires the server's parts.
 
-Which role source (bindings file or SQL store), which decision sink, TLS or not, and
-the gRPC server with its decision service, health checking and reflection are all
-decided here from a `ServerConfig`; nothing below this module reads configuration.
+Which role source (bindings file or SQL store), which audit sink and mode, TLS or
+not, and the gRPC server with its decision service, health checking and reflection
+are all decided here from a `ServerConfig`; nothing below this module reads
+configuration.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,11 +25,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pdp.audit.jsonl import JsonlSink
+from pdp.audit.recorder import Recorder, default_chain, default_directory, open_recorder
+from pdp.audit.sink import DecisionSink
 from pdp.server.config import ServerConfig
 from pdp.server.reload import Reloader
 from pdp.server.roles import BindingsFileBackend, SqlStoreBackend
 from pdp.server.service import SERVICE_NAME, DecisionService
-from pdp.server.sink import DecisionSink, LogSink
 from pdp.server.state import RoleBackend, ServingState
 
 log = logging.getLogger("pdp.server")
@@ -48,11 +52,25 @@ def role_backend(cfg: ServerConfig) -> RoleBackend:
     )
 
 
-def decision_sink(cfg: ServerConfig) -> DecisionSink | None:
-    """Where decision records go; None means nowhere (no records are even built)."""
-    if cfg.audit_sink == "log":
-        return LogSink()
-    return None
+def decision_recorder(
+    cfg: ServerConfig,
+    *,
+    worker: int | None = None,
+    sink: DecisionSink | None = None,
+    on_health: Callable[[bool, str], None] | None = None,
+) -> Recorder | None:
+    """The audit log's writer for `cfg.audit`; None for `audit.sink = "none"`.
+
+    `sink` replaces the configured sink (tests, embedding); the mode and the other
+    settings still apply. Each worker of `--workers` writes its own chain.
+    """
+    return open_recorder(
+        cfg.audit,
+        default_dir=default_directory(cfg.store_url, cfg.bindings_file),
+        chain=default_chain(worker),
+        on_health=on_health,
+        sink=sink,
+    )
 
 
 def grpc_options(cfg: ServerConfig, *, reuse_port: bool) -> list[tuple[str, int]]:
@@ -113,36 +131,56 @@ class PdpServer:
 
     cfg: ServerConfig
     backend: RoleBackend | None = None
-    sink: DecisionSink | None = None
+    sink: DecisionSink | None = None  # replaces the configured audit sink
     reuse_port: bool = False
+    worker: int | None = None  # which worker of `--workers` this is
 
     def __post_init__(self) -> None:
         if self.backend is None:
             self.backend = role_backend(self.cfg)
-        if self.sink is None:
-            self.sink = decision_sink(self.cfg)
         self.state = ServingState(self.cfg.policies, self.cfg.schema, self.backend)
         self.health = health.HealthServicer()
+        self._stopped = False
+        # Durable audit: no answers without records, so a failing sink is NOT_SERVING.
+        self._audit_ok = True
+        self.recorder = decision_recorder(
+            self.cfg, worker=self.worker, sink=self.sink, on_health=self._on_audit_health
+        )
         self.started_at = datetime.now(UTC)
         self.service = DecisionService(
             self.state,
             self.cfg.limits,
-            sink=self.sink,
+            recorder=self.recorder,
             allowed_callers=frozenset(self.cfg.tls.allowed_callers),
+            tls=self.cfg.tls.enabled,
             started_at=self.started_at,
         )
         self.reloader = Reloader(
             self.state,
             debounce_ms=self.cfg.reload_debounce_ms,
             watch=self.cfg.reload_enabled,
+            ignore=[self._audit_dir()] if self.cfg.audit.sink == "jsonl" else [],
         )
         self.server = build_grpc_server(self.cfg, reuse_port=self.reuse_port)
         self.port = 0
-        self._stopped = False
         self.state.on_ready_change(self._on_ready)
+
+    def _audit_dir(self) -> Path:
+        return (
+            Path(self.cfg.audit.path)
+            if self.cfg.audit.path
+            else default_directory(self.cfg.store_url, self.cfg.bindings_file)
+        )
 
     def start(self, *, wait_ready: bool = True) -> int:
         """Bind, start answering (NOT_SERVING until loaded), load, watch; the port."""
+        rec = self.recorder
+        if rec is not None and not rec.healthy and isinstance(rec.writer.sink, JsonlSink):
+            # A local directory that cannot be opened (permissions, another process
+            # writing it) is a setting to fix, not an outage to wait out.
+            error = rec.stats().last_error
+            rec.close(1.0)
+            raise StartupError(f"audit log: {error}")
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -168,7 +206,30 @@ class PdpServer:
             # generation every 700 allocations costs CPU on every call for nothing.
             # Reference counting frees them; the collector still runs, less often.
             gc.set_threshold(50_000, 20, 20)
-            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            self._update_health()
+
+    def _on_audit_health(self, healthy: bool, reason: str) -> None:
+        """The audit sink failed or recovered (called on the audit writer's thread)."""
+        if self.cfg.audit.mode != "durable":
+            return  # buffered: answers go on; the loss is counted in ServerInfo
+        self._audit_ok = healthy
+        if not healthy:
+            log.error(
+                "audit log failing (%s): decisions are denied until it recovers; "
+                "health is NOT_SERVING",
+                reason,
+            )
+        self._update_health()
+
+    def _update_health(self) -> None:
+        if self._stopped:
+            return  # draining: the shutdown state stays
+        serving = self.state.ready and self._audit_ok
+        self._set_health(
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -183,8 +244,9 @@ class PdpServer:
         self.health.enter_graceful_shutdown()
         self.reloader.stop()
         self.server.stop(self.cfg.grace_seconds if grace is None else grace).wait()
-        if self.sink is not None:
-            self.sink.close()
+        if self.recorder is not None:
+            # After the last call: what is buffered is written before the process ends.
+            self.recorder.close()
         assert self.backend is not None
         self.backend.close()
 
@@ -205,10 +267,12 @@ def serve(
     reuse_port: bool = False,
     backend: RoleBackend | None = None,
     sink: DecisionSink | None = None,
+    worker: int | None = None,
 ) -> int:
     """Run one serving process until SIGTERM or SIGINT; the exit code.
 
-    `backend` and `sink` replace the configured ones (for embedding and tests).
+    `backend` and `sink` replace the configured ones (for embedding and tests);
+    `worker` is this process's number under `--workers`.
     """
     configure_logging(cfg.log_level)
     stop = threading.Event()
@@ -221,7 +285,7 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = PdpServer(cfg, backend=backend, sink=sink, reuse_port=reuse_port)
+    server = PdpServer(cfg, backend=backend, sink=sink, reuse_port=reuse_port, worker=worker)
     try:
         port = server.start(wait_ready=False)
     except StartupError as exc:

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pdp.audit.record import SECTIONS
+from pdp.audit.recorder import SINKS, AuditSettings
+from pdp.audit.writer import MODES
 from pdp.lang.errors import did_you_mean
 
 
@@ -71,7 +74,7 @@ class ServerConfig:
     bindings_file: str = ""
     reload_enabled: bool = True
     reload_debounce_ms: int = 200
-    audit_sink: str = "none"
+    audit: AuditSettings = field(default_factory=AuditSettings)
     limits: Limits = field(default_factory=Limits)
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -123,6 +126,20 @@ def _strings(v: object) -> tuple[str, ...]:
     if not isinstance(v, list | tuple) or not all(isinstance(s, str) and s for s in v):
         raise ValueError("must be a list of non-empty strings")
     return tuple(v)
+
+
+def _share(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+        raise ValueError("must be a number from 0 to 1")
+    return float(v)
+
+
+def _sections(v: object) -> tuple[str, ...]:
+    names = _strings(v)
+    for n in names:
+        if n not in SECTIONS:
+            raise ValueError("must name sections among " + ", ".join(SECTIONS))
+    return names
 
 
 def _one_of(*choices: str) -> Check:
@@ -196,10 +213,89 @@ KEYS: tuple[Key, ...] = (
     ),
     Key(
         "audit.sink",
-        _one_of("none", "log"),
-        "audit_sink",
-        'where decision records go: "none", or "log" (JSON lines, logger pdp.audit)',
+        _one_of(*SINKS),
+        "audit.sink",
+        'where decision records go: "jsonl" (files, the default), "sql", or "none"',
         "str",
+    ),
+    Key(
+        "audit.path",
+        _string,
+        "audit.path",
+        "jsonl: the audit directory; empty: pdp-audit/ next to the SQLite store or bindings file",
+        "str",
+    ),
+    Key("audit.url", _string, "audit.url", "sql: database URL of the audit table", "str"),
+    Key("audit.table", _string, "audit.table", "sql: the audit table's name", "str"),
+    Key(
+        "audit.mode",
+        _one_of(*MODES),
+        "audit.mode",
+        '"durable": answer once the record is stored; "buffered": answer at once',
+        "str",
+    ),
+    Key(
+        "audit.flush_interval",
+        _positive_number,
+        "audit.flush_interval",
+        "buffered: seconds a record waits at most before it is written",
+        "float",
+    ),
+    Key(
+        "audit.durable_timeout",
+        _positive_number,
+        "audit.durable_timeout",
+        "durable: seconds a call waits for its record before it is denied",
+        "float",
+    ),
+    Key(
+        "audit.sample_allowed",
+        _share,
+        "audit.sample_allowed",
+        "share of allowed decisions recorded (0 to 1); denials are always recorded",
+        "float",
+    ),
+    Key(
+        "audit.include",
+        _sections,
+        "audit.include",
+        "attributes recorded: any of subject, action, resource, context",
+        "list",
+    ),
+    Key(
+        "audit.redact",
+        _strings,
+        "audit.redact",
+        "attribute fields recorded as [redacted], e.g. subject.properties.email",
+        "list",
+    ),
+    Key(
+        "audit.max_bytes",
+        _positive_int,
+        "audit.max_bytes",
+        "jsonl: start a new file before one grows past this",
+        "int",
+    ),
+    Key(
+        "audit.rotate_seconds",
+        _positive_number,
+        "audit.rotate_seconds",
+        "jsonl: start a new file each period (86400: each UTC day)",
+        "float",
+    ),
+    Key(
+        "audit.chain",
+        _string,
+        "audit.chain",
+        "this writer's chain name; empty: the host name (-w<N> for worker N)",
+        "str",
+    ),
+    Key(
+        "audit.buffer_limit",
+        _positive_int,
+        "audit.buffer_limit",
+        "buffered: records kept while the sink fails; more are dropped and counted",
+        "int",
     ),
     Key(
         "limits.max_message_bytes",
@@ -414,7 +510,15 @@ def load_config(
 
 
 _PATH_KEYS = frozenset(
-    {"policies", "schema", "store.bindings_file", "tls.cert", "tls.key", "tls.client_ca"}
+    {
+        "policies",
+        "schema",
+        "store.bindings_file",
+        "tls.cert",
+        "tls.key",
+        "tls.client_ca",
+        "audit.path",
+    }
 )
 
 
@@ -430,15 +534,20 @@ def _build(values: Mapping[str, Any], sources: Mapping[str, str]) -> ServerConfi
     top: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     tls: dict[str, Any] = {}
+    audit: dict[str, Any] = {}
     for name, value in values.items():
         attr = KEYS_BY_NAME[name].attr
         if attr.startswith("limits."):
             limits[attr.removeprefix("limits.")] = value
         elif attr.startswith("tls."):
             tls[attr.removeprefix("tls.")] = value
+        elif attr.startswith("audit."):
+            audit[attr.removeprefix("audit.")] = value
         else:
             top[attr] = value
-    cfg = ServerConfig(**top, limits=Limits(**limits), tls=TlsConfig(**tls))
+    cfg = ServerConfig(
+        **top, limits=Limits(**limits), tls=TlsConfig(**tls), audit=AuditSettings(**audit)
+    )
     _check_together(cfg, sources)
     return cfg
 
@@ -468,6 +577,13 @@ def _check_together(cfg: ServerConfig, sources: Mapping[str, str]) -> None:
         )
     if cfg.workers > 1 and cfg.port == 0:
         raise ConfigError(f"{where('workers')}: workers: several workers need a fixed port")
+    if cfg.audit.sink == "sql" and not cfg.audit.url:
+        raise ConfigError(f'{where("audit.sink")}: audit.url: the "sql" sink needs a database URL')
+    try:
+        cfg.audit.check()  # the redaction paths
+    except ValueError as exc:
+        key = "audit.redact" if "redact" in str(exc) else "audit.include"
+        raise ConfigError(f"{where(key)}: {exc}") from None
 
 
 def split_address(text: str) -> tuple[str, int]:

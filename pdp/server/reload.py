@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 import watchfiles
@@ -31,6 +32,7 @@ class Reloader:
         debounce_ms: int = 200,
         retry_seconds: float = 2.0,
         watch: bool = True,
+        ignore: Collection[Path] = (),
     ) -> None:
         self._state = state
         self._debounce = debounce_ms
@@ -42,6 +44,10 @@ class Reloader:
         self._schema = state.schema_path.resolve() if state.schema_path else None
         bindings = state.backend.watch
         self._bindings = bindings.resolve() if bindings else None
+        # Directories written while serving (the audit log, next to a bindings file by
+        # default): their changes are never ours to reload, nor to log.
+        self._ignore = tuple(p.resolve() for p in ignore)
+        self._default_filter = watchfiles.DefaultFilter()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pdp-reload", daemon=True)
@@ -79,6 +85,7 @@ class Reloader:
             return
         for changes in watchfiles.watch(
             *roots,
+            watch_filter=self._relevant,
             debounce=self._debounce,
             step=min(50, self._debounce),
             stop_event=self._stop,
@@ -98,6 +105,11 @@ class Reloader:
                 self._state.reload_roles()
             if set(self._roots()) != set(roots):
                 return  # a watched directory appeared or went: watch the new set
+
+    def _relevant(self, change: watchfiles.Change, path: str) -> bool:
+        if not self._default_filter(change, path):
+            return False
+        return not (self._ignore and any(Path(path).is_relative_to(i) for i in self._ignore))
 
     def _is_policy(self, p: Path) -> bool:
         if p == self._schema:

@@ -11,6 +11,10 @@ Failure policy: a call over a limit or malformed gets INVALID_ARGUMENT naming th
 field; an evaluation that cannot be decided on its own is a deny with a diagnostic;
 anything unexpected is logged with its traceback and answered as a deny with an
 `internal_error` diagnostic: the client never sees a traceback.
+
+Audit: every decision's record is built after the engine decided and handed to the
+`Recorder` before the answer goes out. In `durable` mode a call whose records could
+not be stored is answered with denies carrying an `audit_unavailable` diagnostic.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from pdp import __version__
+from pdp.audit.record import DecisionRecord, build_record
+from pdp.audit.recorder import Recorder
 from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Action, Request, Resource, Subject
-from pdp.evaluation import evaluate
+from pdp.evaluation import enrich, evaluate
 from pdp.server.config import Limits
 from pdp.server.convert import Converter, InputError, LimitError
 from pdp.server.ids import new_decision_id
-from pdp.server.sink import DecisionRecord, DecisionSink
 from pdp.server.state import ServingState, Snapshot
 from pdp.store.errors import StoreError
 from pdp.v1 import decision_pb2 as pb
@@ -70,15 +75,19 @@ class DecisionService:
         state: ServingState,
         limits: Limits,
         *,
-        sink: DecisionSink | None = None,
+        recorder: Recorder | None = None,
         allowed_callers: frozenset[str] = frozenset(),
         started_at: datetime | None = None,
+        tls: bool = False,
     ) -> None:
         self._state = state
         self._limits = limits
         self._conv = Converter(limits)
-        # None when no sink is configured: then no records are built at all.
-        self._sink = sink
+        # None when the audit log is off: then no records are built at all.
+        self._recorder = recorder
+        self._audit_denied_logged = 0.0
+        # Without TLS there are no certificate identities to read (a saving per call).
+        self._tls = tls
         self._allowed = allowed_callers
         self._started_at = started_at or datetime.now(UTC)
 
@@ -275,6 +284,22 @@ class DecisionService:
                 info.bindings_version = snap.roles.version()
             except Exception:  # a store that is down: the other fields are still useful
                 log.warning("bindings version unavailable", exc_info=True)
+        if self._recorder is not None:
+            stats = self._recorder.stats()
+            info.audit.CopyFrom(
+                pb.AuditInfo(
+                    sink=self._recorder.sink_kind,
+                    mode=stats.mode,
+                    chain=self._recorder.writer.chain,
+                    healthy=stats.healthy,
+                    written=stats.written,
+                    lost=stats.lost,
+                    rejected=stats.rejected,
+                    sampled_out=stats.sampled_out,
+                    pending=stats.pending,
+                    last_error=stats.last_error,
+                )
+            )
         last = state.last_reload
         if last is not None:
             info.last_reload.ok = last.ok
@@ -389,61 +414,90 @@ class DecisionService:
                 for it, i in zip(items, ids, strict=True)
             ]
             return out[:1] if stop_after is False else out
-        out = [
+        ids = [new_decision_id() for _ in decisions]
+        if self._recorder is not None:
+            failure = self._record(snap, items, decisions, ids, bindings_version, context, started)
+            if failure is not None:
+                decisions = self._unrecorded(decisions, ids, failure)
+        return [
             pb.Decision(
                 decision=d.allowed,
                 action=d.action,
                 reasons=d.reasons,
                 diagnostics=[_diag(x.code, x.message, x.rule_id) for x in d.diagnostics],
-                decision_id=new_decision_id(),
+                decision_id=i,
                 policy_version=d.policy_version,
                 # The store's revision the roles were read at, when the source knows it.
                 bindings_version=d.bindings_version or bindings_version,
             )
-            for d in decisions
+            for d, i in zip(decisions, ids, strict=True)
         ]
-        if self._sink is not None:
-            self._submit(items, decisions, out, context, started)
-        return out
 
-    def _submit(
+    def _record(
         self,
+        snap: Snapshot,
         items: Sequence[Request | _Invalid],
         decisions: Sequence[Decision],
-        out: Sequence[pb.Decision],
+        ids: Sequence[str],
+        bindings_version: str,
         context: grpc.ServicerContext,
         started: int,
-    ) -> None:
-        assert self._sink is not None
-        now = datetime.now(UTC).isoformat()
-        caller = ",".join(sorted(caller_identities(context))) or context.peer()
+    ) -> str | None:
+        """Build and hand over the call's records; why they could not be stored, if so."""
+        recorder = self._recorder
+        assert recorder is not None
+        config = recorder.config
+        ids_ = caller_identities(context) if self._tls else ()
+        caller = ",".join(sorted(ids_)) or context.peer()
         latency = (time.perf_counter_ns() - started) // 1000
-        records = []
-        for it, d, p in zip(items, decisions, out, strict=False):
+        with_subject = "subject" in config.include
+        enriched: dict[int, Subject] = {}  # by identity: a batch's items share their subject
+        records: list[DecisionRecord] = []
+        # INVARIANT: `decisions` is a prefix of `items` (a batch may stop early).
+        for it, d, decision_id in zip(items, decisions, ids, strict=False):
             req = it if isinstance(it, Request) else None
+            if req is not None and with_subject:
+                # The subject as the engine saw it: with the store's attributes, so that
+                # the decision can be re-derived from the record.
+                subject = enriched.get(id(req.subject))
+                if subject is None:
+                    try:
+                        subject = enrich(req.subject, snap.roles.source)
+                    except StoreError:
+                        subject = req.subject
+                    enriched[id(req.subject)] = subject
+                req = Request(subject, req.action, req.resource, req.context, req.now)
             records.append(
-                DecisionRecord(
-                    decision_id=p.decision_id,
-                    time=now,
+                build_record(
+                    d,
+                    req,
+                    decision_id=decision_id,
                     caller=caller,
-                    subject_type=req.subject.type if req else "",
-                    subject_id=req.subject.id if req else "",
-                    roles_used=d.roles_used,
-                    action=d.action,
-                    resource_type=req.resource.type if req else "",
-                    resource_id=req.resource.id if req else "",
-                    allowed=d.allowed,
-                    reasons=d.reasons,
-                    diagnostics=tuple(f"{x.code}: {x.message}" for x in d.diagnostics),
-                    policy_version=p.policy_version,
-                    bindings_version=p.bindings_version,
                     latency_us=latency,
+                    bindings_version=bindings_version,
+                    policy=snap.policy,
+                    config=config,
                 )
             )
         try:
-            self._sink.submit(records)
-        except Exception:  # the sink must not fail a decision that was made
-            log.exception("decision sink failed")
+            return recorder.record(records)
+        except Exception as exc:  # a bug in the audit path must not answer without a record
+            log.exception("audit recorder failed")
+            return f"internal error in the audit log ({type(exc).__name__})"
+
+    def _unrecorded(
+        self, decisions: Sequence[Decision], ids: Sequence[str], why: str
+    ) -> list[Decision]:
+        """Durable mode, records not stored: every decision of the call becomes a deny."""
+        now = time.monotonic()
+        if now - self._audit_denied_logged > 1.0:  # at most once a second under load
+            self._audit_denied_logged = now
+            log.error("decisions %s denied: their audit records were not stored: %s", ids, why)
+        diag = Diagnostic(
+            "audit_unavailable",
+            "the decision could not be recorded in the audit log, so it is denied",
+        )
+        return [Decision(d.action, False, (), (diag,), d.policy_version) for d in decisions]
 
 
 def caller_identities(context: grpc.ServicerContext) -> frozenset[str]:

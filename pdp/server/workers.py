@@ -26,10 +26,11 @@ log = logging.getLogger("pdp.server")
 _MIN_UPTIME = 5.0
 
 
-def _worker(cfg: ServerConfig) -> None:
+def _worker(cfg: ServerConfig, index: int) -> None:
     from pdp.server.app import serve
 
-    sys.exit(serve(cfg, reuse_port=True))
+    # The index names the worker's audit chain; a replacement worker continues it.
+    sys.exit(serve(cfg, reuse_port=True, worker=index))
 
 
 def run_workers(cfg: ServerConfig) -> int:
@@ -40,8 +41,8 @@ def run_workers(cfg: ServerConfig) -> int:
     ctx = multiprocessing.get_context("spawn")
     stopping = threading.Event()
 
-    def start() -> tuple[BaseProcess, float]:
-        p = ctx.Process(target=_worker, args=(cfg,), name="pdp-worker")
+    def start(index: int) -> tuple[BaseProcess, float]:
+        p = ctx.Process(target=_worker, args=(cfg, index), name=f"pdp-worker-{index}")
         p.start()
         return p, time.monotonic()
 
@@ -50,7 +51,7 @@ def run_workers(cfg: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    workers = [start() for _ in range(cfg.workers)]
+    workers = [start(i) for i in range(cfg.workers)]
     log.info("supervising %d workers on %s", cfg.workers, cfg.listen)
     failed = False
     while not stopping.wait(0.2):
@@ -65,7 +66,7 @@ def run_workers(cfg: ServerConfig) -> int:
                 stopping.set()
                 break
             log.warning("worker %s exited with %s; starting another", p.pid, p.exitcode)
-            workers[i] = start()
+            workers[i] = start(i)
     for p, _ in workers:
         if p.is_alive() and p.pid is not None:
             p.terminate()  # SIGTERM: each worker drains within its grace period

@@ -5,6 +5,14 @@
     pdp_bindings        subject, role, scope, expires_at, created_by, created_at
     pdp_store_revision  one row: the revision every change bumps
 
+and the durable half of the identity resolvers (`pdp.store.identity`), which never
+touch the revision (a new API key or session changes no decision's roles):
+
+    pdp_api_keys            prefix → digest of the key, subject, scopes, lifetime
+    pdp_sessions            hash of the session id → subject, lifetime, idle timeout
+    pdp_token_revocations   (issuer, jti) of revoked bearer tokens, until they expire
+    pdp_token_cutoffs       subject → tokens issued before this time are revoked
+
 Subjects are referenced by their `type:id` key rather than a surrogate integer: the
 lookup then needs no join to `pdp_subjects`, and the key is what requests carry.
 The indexes are chosen for the one hot query (see `pdp.store.sql.lookup_sql`):
@@ -28,6 +36,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     UniqueConstraint,
@@ -138,3 +147,75 @@ class StoreRevision(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiKey(Base):
+    """An API key: never the secret, only its keyed digest (see `pdp.identity.apikeys`).
+
+    `subject` is the `type:id` key, deliberately not a foreign key to `pdp_subjects`: a
+    key may exist for a subject the bindings store knows nothing about, and making a
+    key must not write to the bindings data (whose every change bumps the revision).
+    """
+
+    __tablename__ = "pdp_api_keys"
+
+    prefix: Mapped[str] = mapped_column(String, primary_key=True)  # public, 12 chars
+    digest: Mapped[bytes] = mapped_column(LargeBinary)  # HMAC-SHA256, 32 bytes
+    # Which MAC and pepper made `digest`: lets a later pepper rotation tell keys apart.
+    scheme: Mapped[str] = mapped_column(String)
+    subject: Mapped[str] = mapped_column(String)  # `type:id`
+    name: Mapped[str] = mapped_column(String)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rotated_to: Mapped[str | None] = mapped_column(String)  # prefix of the replacement
+    created_by: Mapped[str | None] = mapped_column(String)
+
+    __table_args__ = (Index("ix_pdp_api_keys_subject", "subject", "created_at"),)
+
+
+class Session(Base):
+    """A browser session: the SHA-256 of its id (never the id), subject and lifetime."""
+
+    __tablename__ = "pdp_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String, primary_key=True)  # 64 hex digits
+    subject: Mapped[str] = mapped_column(String)  # `type:id`
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    idle_timeout_s: Mapped[int] = mapped_column(Integer)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_pdp_sessions_subject", "subject", "created_at"),
+        # For `pdp sessions purge`: sessions past their absolute expiry.
+        Index("ix_pdp_sessions_expires", "expires_at"),
+    )
+
+
+class TokenRevocation(Base):
+    """A revoked bearer token, by `jti`; `issuer` "" means the jti of any issuer."""
+
+    __tablename__ = "pdp_token_revocations"
+
+    issuer: Mapped[str] = mapped_column(String, primary_key=True)
+    jti: Mapped[str] = mapped_column(String, primary_key=True)
+    # The token's own expiry: past it (and the leeway) the row can be purged.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String)
+
+
+class TokenCutoff(Base):
+    """Every bearer token of `subject` issued before `not_before` is revoked."""
+
+    __tablename__ = "pdp_token_cutoffs"
+
+    subject: Mapped[str] = mapped_column(String, primary_key=True)  # `type:id`
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String)

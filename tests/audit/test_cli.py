@@ -258,6 +258,18 @@ def test_a_database_url_that_is_wrong(cli: Cli) -> None:
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_database_without_the_audit_log(cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli("search", "--db", f"sqlite:///{tmp_path / 'typo.db'}")
+    assert code == 1 and "no SQLite database at" in err
+    assert not (tmp_path / "typo.db").exists()  # reading never creates one
+    empty = tmp_path / "empty.db"
+    import sqlite3
+
+    sqlite3.connect(empty).close()
+    code, _, err = cli("stats", "--db", f"sqlite:///{empty}")
+    assert code == 1 and "no such table: pdp_audit" in err
+
+
 def test_log_and_db_together_is_usage(cli: Cli) -> None:
     with pytest.raises(SystemExit) as exc:
         cli("search", "--log", "x", "--db", "sqlite://")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from pdp.audit.jsonl import JsonlSink, safe_chain, segments
+from pdp.audit.jsonl import (
+    JsonlSink,
+    read_blocks,
+    read_lines,
+    safe_chain,
+    segments,
+)
 from pdp.audit.query import Filter
 from pdp.audit.read import JsonlSource
 from pdp.audit.record import GENESIS, parse_line, seal
@@ -148,3 +155,66 @@ def test_chain_names() -> None:
     assert safe_chain("...") == "pdp"
     with pytest.raises(ValueError, match="not a chain name"):
         JsonlSink("x").head("a.b")
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64, 1 << 20])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"one\n",
+        b"one\ntwo\nthree\n",
+        b"one\ntwo\nunfinished",
+        b"unfinished",
+        b"a\r\n\nlonger line here\nb\n",
+        b"\n\n",
+    ],
+)
+def test_reading_lines_backwards(tmp_path: Path, content: bytes, block: int) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(content)
+    forward = [(n, raw.encode()) for n, raw in read_lines(path)]
+    for reverse in (False, True):
+        got = []
+        for first, data in read_blocks(path, reverse=reverse, size=block):
+            assert data.endswith(b"\n")
+            lines = data.split(b"\n")[:-1]
+            got += [(first + i, x.rstrip(b"\r")) for i, x in enumerate(lines)]
+        if reverse:
+            # Blocks come last first; lines inside a block stay in file order.
+            got.sort()
+        assert got == forward
+
+
+def test_following_a_chain_across_rotations(tmp_path: Path) -> None:
+    import threading
+
+    from pdp.audit.query import make_filter
+
+    write_log(tmp_path, [record(0)])
+    stop = threading.Event()
+    got: list[str] = []
+    follower = JsonlSource(tmp_path).follow(make_filter(), stop.is_set, poll=0.01)
+
+    def consume() -> None:
+        for item in follower:
+            got.append(getattr(item, "decision_id", str(item)))
+
+    t = threading.Thread(target=consume)
+    t.start()
+    try:
+        w = AuditWriter(JsonlSink(tmp_path, max_bytes=2500), chain="host")
+        w.start()
+        for i in range(1, 9):
+            assert w.submit([record(i)]).wait(5)
+            time.sleep(0.02)
+        w.close()
+        want = [f"d-{i:05d}" for i in range(1, 9)]
+        deadline = time.monotonic() + 5
+        while got != want and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got == want
+        assert len(segments(tmp_path)["host"]) > 2  # it did rotate while we followed
+    finally:
+        stop.set()
+        t.join(5)

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pdp.audit.record import (
     GENESIS,
     REDACTED,
     AuditConfig,
     ConfigError,
+    DecisionRecord,
+    Reason,
     RecordError,
     build_record,
+    canonical,
+    canonical_body,
+    format_time,
     from_json,
+    from_us,
+    parse_iso,
     parse_line,
     record_hash,
     seal,
 )
 from pdp.engine.decide import decide
-from pdp.engine.decision import Decision
+from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Resource, Subject
 from tests.audit.support import T0, policy, record, req, us
 
@@ -201,3 +211,80 @@ def test_bad_field_types_are_named() -> None:
     obj["seq"] = "7"
     with pytest.raises(RecordError, match="`seq` must be an integer"):
         from_json(obj)
+
+
+# --- the writer's hand-written canonical form equals the general one --------------------
+
+_text = st.text(max_size=12)
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=8,
+)
+_props = st.none() | st.dictionaries(_text, _json, max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=st.lists(_text, min_size=11, max_size=11),
+    allowed=st.booleans(),
+    numbers=st.tuples(
+        st.integers(min_value=0, max_value=253_402_300_799_999_999),  # up to year 9999
+        st.integers(min_value=0, max_value=2**40),
+        st.integers(min_value=1, max_value=2**62),
+    ),
+    roles=st.lists(_text, max_size=3),
+    reasons=st.lists(st.tuples(_text, st.none() | _text), max_size=3),
+    diagnostics=st.lists(st.tuples(_text, _text, st.none() | _text), max_size=2),
+    ancestors=st.none() | st.lists(_text, max_size=3),
+    props=st.tuples(_props, _props, _props, _props),
+)
+def test_canonical_body_equals_the_canonical_form(
+    texts: list[str],
+    allowed: bool,
+    numbers: tuple[int, int, int],
+    roles: list[str],
+    reasons: list[tuple[str, str | None]],
+    diagnostics: list[tuple[str, str, str | None]],
+    ancestors: list[str] | None,
+    props: tuple[Any, Any, Any, Any],
+) -> None:
+    time_us, latency, seq = numbers
+    rec = DecisionRecord(
+        decision_id=texts[0],
+        time_us=time_us,
+        caller=texts[1],
+        subject_type=texts[2],
+        subject_id=texts[3],
+        roles=tuple(roles),
+        action=texts[4],
+        resource_type=texts[5],
+        resource_id=texts[6],
+        allowed=allowed,
+        reasons=tuple(Reason(r, at) for r, at in reasons),
+        diagnostics=tuple(Diagnostic(c, m, rule) for c, m, rule in diagnostics),
+        policy_version=texts[7],
+        bindings_version=texts[8],
+        latency_us=latency,
+        subject_properties=props[0],
+        action_properties=props[1],
+        resource_properties=props[2],
+        resource_ancestors=tuple(ancestors) if ancestors is not None else None,
+        context=props[3],
+    )
+    obj = rec.to_json()
+    obj["chain"], obj["seq"], obj["prev"] = texts[9], seq, texts[10]
+    assert canonical_body(rec, texts[9], seq, texts[10]) == canonical(obj)
+    sealed, line = seal(rec, texts[9], seq, texts[10])
+    again, parsed = parse_line(line)
+    assert record_hash(parsed) == sealed.hash
+
+
+def test_time_text_is_exact_and_fixed_width() -> None:
+    for t in (0, 1, 999_999, 1_000_000, us(T0) + 123_456, 253_402_300_799_999_999):
+        text = format_time(t)
+        assert len(text) == 27 and parse_iso(text[:-1] + "+00:00") == from_us(t)

@@ -190,15 +190,44 @@ def test_a_caller_that_gave_up_is_not_recorded() -> None:
     sink = SlowSink()
     sink.gate = threading.Event()
     w = writer(sink)
-    first = w.submit([RECORDS[0]])
-    assert sink.writing.wait(5)  # the first batch is in the sink now, stuck
-    second = w.submit([RECORDS[1]])
+    firsts: list[bool] = []
+    # The first call finds no write in progress: it writes itself, and is stuck there.
+    leader = threading.Thread(target=lambda: firsts.append(w.submit([RECORDS[0]]).wait(10)))
+    leader.start()
+    assert sink.writing.wait(5)
+    second = w.submit([RECORDS[1]])  # queued behind the write in progress
     assert not second.wait(0.05)  # the server would deny now
     sink.gate.set()
-    assert first.wait(5)
+    leader.join(5)
+    assert firsts == [True]
     w.close()
     assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id]
     assert w.stats().rejected == 1
+
+
+def test_calls_queued_behind_a_write_are_written_by_one_of_them() -> None:
+    sink = SlowSink()
+    sink.gate = threading.Event()
+    w = writer(sink)
+    results: dict[int, bool] = {}
+
+    def call(i: int) -> None:
+        results[i] = w.submit([RECORDS[i]]).wait(10)
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert sink.writing.wait(5)
+    rest = [threading.Thread(target=call, args=(i,)) for i in range(1, 6)]
+    for t in rest:
+        t.start()
+    wait_for(lambda: w.stats().pending == 5, what="the queued calls")
+    sink.gate.set()
+    for t in [first, *rest]:
+        t.join(5)
+    w.close()
+    assert results == dict.fromkeys(range(6), True)
+    assert sink.batches == 2  # the first call's, then one for the five that queued
+    assert linked(sink.records)
 
 
 def test_sampling_keeps_every_deny_and_a_stable_share_of_allows() -> None:
@@ -259,3 +288,28 @@ def test_bad_settings() -> None:
         AuditWriter(MemorySink(), chain="h", sample_allowed=1.5)
     with pytest.raises(ValueError, match="not a chain name"):
         AuditWriter(MemorySink(), chain="a/b")
+
+
+def test_a_bug_in_writing_fails_those_calls_and_stalls_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Buggy(MemorySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bugs = 1
+
+        def write_batch(self, records: Sequence[DecisionRecord], lines: Sequence[str]) -> None:
+            if self.bugs:
+                self.bugs -= 1
+                raise KeyError("oops")  # not an I/O error: a bug
+            super().write_batch(records, lines)
+
+    sink = Buggy()
+    w = writer(sink, retry_interval=0.01)
+    first = w.submit([RECORDS[0]])
+    assert not first.wait(5) and "oops" in first.error
+    wait_for(lambda: w.healthy, what="the writer to recover")
+    assert w.submit([RECORDS[1]]).wait(5)
+    w.close()
+    assert [r.decision_id for r in sink.records] == [RECORDS[1].decision_id]
+    assert linked(sink.records)

@@ -14,6 +14,7 @@ from pdp.identity.apikeys import (
     ApiKeys,
     KeyHasher,
     MemoryApiKeys,
+    display,
     generate_key,
     looks_like_api_key,
     parse_key,
@@ -159,6 +160,15 @@ def test_rotation_keeps_the_old_key_for_the_overlap_window_only() -> None:
     assert repo.get(old.record.prefix).state(after) == "rotated"  # type: ignore[union-attr]
     with pytest.raises(ApiKeyError, match="rotated"):
         keys.rotate(old.record.prefix, now=after, overlap=timedelta(0))
+
+
+def test_rotation_accepts_the_displayed_form_people_copy() -> None:
+    keys, resolver, repo, _ = setup()
+    old = keys.create("service", "billing", now=NOW)
+    new = keys.rotate(display(old.record.prefix), now=NOW, overlap=timedelta(0))
+    assert repo.get(old.record.prefix).state(NOW) == "rotated"  # type: ignore[union-attr]
+    assert cause(resolver.resolve(old.key, NOW)) is Cause.KEY_ROTATED
+    assert isinstance(resolver.resolve(new.key, NOW), Identity)
 
 
 def test_rotation_carries_the_key_lifetime_over() -> None:

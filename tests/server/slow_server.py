@@ -3,8 +3,8 @@
     python -m tests.server.slow_server POLICY_DIR RECORDS_FILE DELAY_SECONDS
 
 Each role lookup sleeps DELAY_SECONDS, so calls are reliably in flight when the test
-sends SIGTERM; decision records are written to RECORDS_FILE only when the sink is
-closed, so the file shows whether shutdown flushed what it had to.
+sends SIGTERM; the audit log is buffered and its sink writes RECORDS_FILE only when
+it is closed, so the file shows whether shutdown flushed what it had to.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from pdp.audit.record import DecisionRecord
+from pdp.audit.sink import ChainHead
 from pdp.server.app import serve
 from pdp.server.config import load_config
-from pdp.server.sink import DecisionRecord
 from pdp.server.state import RoleBackend, Roles
 
 
@@ -49,7 +50,10 @@ class FileAtCloseSink:
         self.path = path
         self.buffer: list[DecisionRecord] = []
 
-    def submit(self, records: Sequence[DecisionRecord]) -> None:
+    def head(self, chain: str) -> ChainHead | None:
+        return None
+
+    def write_batch(self, records: Sequence[DecisionRecord], lines: Sequence[str]) -> None:
         self.buffer.extend(records)
 
     def close(self) -> None:
@@ -63,7 +67,14 @@ def main() -> int:
     cfg = load_config(
         None,
         environ={},
-        flags={"listen": "127.0.0.1:0", "policies": policies, "grace_seconds": 10.0},
+        flags={
+            "listen": "127.0.0.1:0",
+            "policies": policies,
+            "grace_seconds": 10.0,
+            # Written after the drain, at close: what shutdown must flush.
+            "audit.mode": "buffered",
+            "audit.flush_interval": 60.0,
+        },
     )
     return serve(cfg, backend=SlowBackend(delay), sink=FileAtCloseSink(records))
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from pdp.audit.sink import MemorySink
 from pdp.client import PdpClient, PdpError
 from pdp.server.app import PdpServer
 from pdp.server.config import load_config
-from pdp.server.sink import MemorySink
 from pdp.server.state import RoleBackend, RoleBackendError, Roles
 from pdp.store.errors import StoreUnavailable
 from tests.server.support import ALICE, DOC, health_status, wait_for
@@ -49,9 +49,12 @@ class Backend(RoleBackend):
 
 
 def start(policy_dir: Path, backend: RoleBackend, **kw: Any) -> tuple[PdpServer, PdpClient]:
-    cfg = load_config(
-        None, environ={}, flags={"listen": "127.0.0.1:0", "policies": str(policy_dir)}
-    )
+    flags = {
+        "listen": "127.0.0.1:0",
+        "policies": str(policy_dir),
+        "audit.path": str(policy_dir.parent / "pdp-audit"),
+    }
+    cfg = load_config(None, environ={}, flags=flags)
     server = PdpServer(cfg, backend=backend, sink=kw.get("sink"))
     port = server.start(wait_ready=kw.get("wait_ready", True))
     return server, PdpClient(f"127.0.0.1:{port}", timeout=5)
@@ -139,6 +142,6 @@ def test_records_reach_the_sink_and_it_is_closed(policy_dir: Path) -> None:
     first = sink.records[0]
     assert first.decision_id == d.decision_id
     assert (first.subject_id, first.resource_type, first.resource_id) == ("alice", "doc", "1")
-    assert first.allowed and first.reasons == ("doc.viewer-read",)
+    assert first.allowed and [x.rule for x in first.reasons] == ["doc.viewer-read"]
     assert first.policy_version == d.policy_version and first.bindings_version == "rev-7"
     assert first.caller.startswith("ipv4:127.0.0.1:")

@@ -26,6 +26,7 @@ def serve_store(policy_dir: Path, url: str) -> tuple[PdpServer, PdpClient]:
             "store.url": url,
             "store.poll_interval": 0.05,
             "store.max_staleness": 0.5,
+            "audit.path": str(policy_dir.parent / "pdp-audit"),
         },
     )
     server = PdpServer(cfg)

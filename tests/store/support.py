@@ -21,6 +21,17 @@ from sqlalchemy.engine import URL, make_url
 
 PG_URL = os.environ.get("PDP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
+# Every table `reset()` empties: the bindings store's and the identity tables.
+TABLES = (
+    "pdp_bindings",
+    "pdp_memberships",
+    "pdp_subjects",
+    "pdp_api_keys",
+    "pdp_sessions",
+    "pdp_token_revocations",
+    "pdp_token_cutoffs",
+)
+
 POLICIES = {
     "roles.pdp": """
 role viewer
@@ -72,12 +83,8 @@ class PgSchema:
     def reset(self) -> None:
         """Empty the store's tables and restart its revision: each test starts clean."""
         with self._admin.connect() as conn:
-            conn.execute(
-                text(
-                    f'TRUNCATE "{self.name}".pdp_bindings, "{self.name}".pdp_memberships, '
-                    f'"{self.name}".pdp_subjects RESTART IDENTITY CASCADE'
-                )
-            )
+            tables = ", ".join(f'"{self.name}".{t}' for t in TABLES)
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
             conn.execute(text(f'UPDATE "{self.name}".pdp_store_revision SET revision = 0'))
 
     def drop(self) -> None:

@@ -280,13 +280,13 @@ def test_db_upgrade_and_current(cli: Cli, store_url: str) -> None:
         url = store.url
     assert status == {
         "url": url,
-        "schema": "0001",
-        "head": "0001",
+        "schema": "0002",
+        "head": "0002",
         "current": True,
         "revision": 0,
     }
     code, out, _ = cli("db", "upgrade")
-    assert code == 0 and "already at schema 0001" in out
+    assert code == 0 and "already at schema 0002" in out
 
 
 def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
