@@ -46,8 +46,9 @@ class PolicyError:
                 width = max(self.loc.end_column - self.loc.column, 1)
             else:
                 width = max(len(line) - self.loc.column + 1, 1)
-            out.append(f"    {line}")
-            out.append("    " + " " * (self.loc.column - 1) + "^" * width)
+            shown, offset, width = _excerpt(line, self.loc.column - 1, width)
+            out.append(f"    {shown}")
+            out.append("    " + " " * offset + "^" * width)
         if self.help:
             out.append(f"  help: {self.help}")
         return "\n".join(out)
@@ -75,6 +76,27 @@ class PolicyLoadError(Exception):
         assert errors, "PolicyLoadError needs at least one error"
         self.errors = tuple(errors)
         super().__init__(render_all(self.errors))
+
+
+SHOWN_COLUMNS = 100
+_CONTROL = {c: "\ufffd" for c in [*range(32), 127]}
+
+
+def _excerpt(line: str, start: int, width: int) -> tuple[str, int, int]:
+    """The part of `line` to show around column `start`: (text, caret offset, caret width).
+
+    A generated or minified line can be megabytes long; the reader needs the spot,
+    not the whole line. Control characters would move the caret, so they are shown
+    as U+FFFD, one column each.
+    """
+    line = line.translate(_CONTROL)
+    if len(line) <= SHOWN_COLUMNS:
+        return line, start, width
+    lo = max(0, min(start - SHOWN_COLUMNS // 3, len(line) - SHOWN_COLUMNS))
+    hi = lo + SHOWN_COLUMNS
+    head = "…" if lo > 0 else ""
+    tail = "…" if hi < len(line) else ""
+    return head + line[lo:hi] + tail, len(head) + start - lo, max(1, min(width, hi - start))
 
 
 def render_all(errors: Iterable[PolicyError]) -> str:

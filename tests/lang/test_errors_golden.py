@@ -630,11 +630,29 @@ def test_too_deep() -> None:
     assert rendered(text) == "\n".join(
         [
             f"docs.pdp:3:{column}: error[too_deep]: expression nests deeper than 64 levels",
-            "    " + line,
-            "    " + " " * (column - 1) + "^",
+            # 160 characters: a window of 100 around the spot, cut ends marked.
+            "    …" + line[57:157] + "…",
+            "    " + " " * 34 + "^",
             "  help: split the condition into derived roles or simpler tests",
         ]
     )
+
+
+def test_a_long_line_is_shown_around_the_spot_only() -> None:
+    line = "  permit any to read when " + " or ".join(["true"] * 400) + " true"
+    text = "resource doc {\n  actions read\n" + line + "\n}\n"
+    out = rendered(text).splitlines()
+    assert out[0].startswith(f"docs.pdp:3:{len(line) - 3}: error[")
+    assert out[1] == "    …" + line[-100:]
+    assert out[2] == "    " + " " * (1 + 100 - 4) + "^^^^"
+
+
+def test_control_characters_are_shown_one_column_wide() -> None:
+    text = "resource doc {\n  actions read\x0b\x07 +\n}\n"
+    out = rendered(text).splitlines()
+    caret = out[2].index("^")
+    assert out[0].startswith("docs.pdp:2:15: error[unexpected_character]")
+    assert out[1] == "      actions read\ufffd\ufffd +" and caret == 4 + 14
 
 
 def test_nesting_at_the_limit_is_fine() -> None:
