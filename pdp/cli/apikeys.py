@@ -14,6 +14,7 @@ from pdp.cli.dbopts import (
     actor,
     add_actor_option,
     add_db_option,
+    add_store_verb,
     handles_store_errors,
     iso,
     new_table,
@@ -54,14 +55,13 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    actions = add_store_verb(
+        sub,
         "apikeys",
         help="create, list, revoke and rotate API keys",
         description="API keys for machines, in the store (--db, $PDP_DB_URL, or sqlite:///pdp.db).",
-        epilog=ABOUT + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        about=ABOUT,
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     c = actions.add_parser(
         "create",

@@ -14,6 +14,7 @@ from pdp.cli.dbopts import (
     add_actor_option,
     add_db_option,
     add_policies_option,
+    add_store_verb,
     handles_store_errors,
     iso,
     new_table,
@@ -39,14 +40,13 @@ below it when requests list it in resource.ancestors).
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    actions = add_store_verb(
+        sub,
         "bindings",
         help="grant, revoke and list role bindings in the store",
         description="Manage role bindings in the store (--db, $PDP_DB_URL, or sqlite:///pdp.db).",
-        epilog=EXAMPLES + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        about=EXAMPLES,
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     g = actions.add_parser(
         "grant",

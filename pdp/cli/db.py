@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 from pdp.cli.common import EXIT_OK, out, print_json
-from pdp.cli.dbopts import EXIT_CODES, add_db_option, db_url, handles_store_errors
+from pdp.cli.dbopts import EXIT_CODES, add_db_option, add_store_verb, db_url, handles_store_errors
 from pdp.store.errors import SchemaNotReady
 
 ABOUT = """\
@@ -21,14 +21,13 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    actions = add_store_verb(
+        sub,
         "db",
         help="migrate the store's schema and show its version",
         description="Schema migrations of the store (alembic, shipped with pdp).",
-        epilog=ABOUT + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        about=ABOUT,
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     u = actions.add_parser(
         "upgrade", help="migrate the database to this pdp's schema", epilog=EXIT_CODES
     )

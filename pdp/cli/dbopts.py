@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -33,6 +33,18 @@ EXIT_CODES = "exit codes: 0 success, 1 error (bad input, database unreachable), 
 
 _RELATIVE = re.compile(r"^\+?(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def add_store_verb(sub: Any, name: str, *, help: str, description: str, about: str) -> Any:
+    """Register a store verb (`pdp NAME ACTION ...`); returns its ACTION subparsers."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=about + "\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
 def add_db_option(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from pdp.cli.dbopts import (
     actor,
     add_actor_option,
     add_db_option,
+    add_store_verb,
     handles_store_errors,
     new_table,
     open_store,
@@ -35,14 +36,13 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    actions = add_store_verb(
+        sub,
         "groups",
         help="manage group membership (groups may contain groups)",
         description="Manage groups in the store.",
-        epilog=ABOUT + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        about=ABOUT,
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     a = actions.add_parser("add-member", help="put subjects in a group", epilog=EXIT_CODES)
     a.add_argument("group", metavar="GROUP", help="group:<name>")

@@ -10,6 +10,7 @@ from pdp.cli.common import EXIT_OK, EXIT_USAGE, fail, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     add_db_option,
+    add_store_verb,
     handles_store_errors,
     iso,
     new_table,
@@ -35,14 +36,13 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    actions = add_store_verb(
+        sub,
         "sessions",
         help="list, revoke and purge browser sessions",
         description="Browser sessions in the store (--db, $PDP_DB_URL, or sqlite:///pdp.db).",
-        epilog=ABOUT + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        about=ABOUT,
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     ls = actions.add_parser(
         "list",

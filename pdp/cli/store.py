@@ -18,6 +18,7 @@ from pdp.cli.dbopts import (
     add_actor_option,
     add_db_option,
     add_policies_option,
+    add_store_verb,
     error,
     handles_store_errors,
     open_store,
@@ -47,14 +48,13 @@ SHOW_AT_MOST = 200
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    actions = add_store_verb(
+        sub,
         "store",
         help="import and export the whole store as a bindings YAML document",
         description="Move the store's contents in and out as the bindings YAML document.",
-        epilog=ABOUT + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        about=ABOUT,
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     i = actions.add_parser(
         "import",
         help="make the store hold a bindings document (one transaction)",

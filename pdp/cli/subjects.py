@@ -10,6 +10,7 @@ from pdp.cli.common import EXIT_OK, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     add_db_option,
+    add_store_verb,
     handles_store_errors,
     iso,
     new_table,
@@ -36,14 +37,13 @@ values are JSON when they parse as JSON (3, true, ["a","b"], "quoted"), text oth
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    actions = add_store_verb(
+        sub,
         "subjects",
         help="set and show stored (trusted) subject attributes",
         description="Manage the attributes the store keeps for users, services and groups.",
-        epilog=TRUSTED + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        about=TRUSTED,
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     s = actions.add_parser(
         "set",

@@ -12,6 +12,7 @@ from pdp.cli.dbopts import (
     actor,
     add_actor_option,
     add_db_option,
+    add_store_verb,
     handles_store_errors,
     iso,
     new_table,
@@ -43,15 +44,14 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    actions = add_store_verb(
+        sub,
         "tokens",
         help="revoke bearer tokens (by jti, or all of a subject's before a time)",
         description="The bearer token revocation list in the store (--db, $PDP_DB_URL, "
         "or sqlite:///pdp.db).",
-        epilog=ABOUT + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        about=ABOUT,
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     r = actions.add_parser(
         "revoke",
