@@ -20,7 +20,17 @@ from pdp.engine.decision import Decision
 from pdp.engine.request import Action, Request, Resource, Subject
 
 # Denials the server made without asking the policies; re-deriving them means nothing.
-NOT_BY_POLICY = ("invalid_request", "store_unavailable", "internal_error", "audit_unavailable")
+NOT_BY_POLICY = (
+    "invalid_request",
+    "store_unavailable",
+    "internal_error",
+    "audit_unavailable",
+    # Refused before an evaluation (the Envoy endpoint, raw credentials on pdp.v1).
+    "unauthenticated",
+    "no_route",
+    "bad_path",
+    "bad_request",
+)
 
 
 @dataclass
@@ -40,16 +50,16 @@ class Rederived:
 
 def rederive(record: DecisionRecord, policy: CompiledPolicySet, where: str) -> Rederived:
     """Decide `record`'s request again with `policy` (loaded from `where`)."""
+    skipped = [d.code for d in record.diagnostics if d.code in NOT_BY_POLICY]
+    if skipped or not record.subject_type:
+        code = skipped[0] if skipped else "invalid_request"
+        return Rederived(None, f"this deny was not made by the policies (`{code}`)")
     if policy.version != record.policy_version:
         return Rederived(
             None,
             f"this decision was made by policy version {record.policy_version}, which is "
             f"not available: the policies in {where} are version {policy.version}",
         )
-    skipped = [d.code for d in record.diagnostics if d.code in NOT_BY_POLICY]
-    if skipped or not record.subject_type:
-        code = skipped[0] if skipped else "invalid_request"
-        return Rederived(None, f"this deny was not made by the policies (`{code}`)")
     missing = [
         name
         for name, value in (

@@ -38,7 +38,16 @@ FIELDS: dict[str, str] = {
     "bindings_version": "the role store revision",
     "chain": "the writer's chain",
     "decision_id": "one decision",
+    "authn.result": "`ok`, `failed` or `anonymous` (calls that carried a credential)",
+    "authn.cause": "why authentication failed, e.g. `token_expired`, `no_credential`",
+    "authn.method": "`bearer`, `apikey` or `session`",
+    "http.route": "the Envoy route that matched",
+    "http.method": "the HTTP method of an Envoy check",
+    "http.host": "the HTTP host of an Envoy check",
 }
+
+# The fields inside the optional `authn` and `http` sections (record schema v2).
+SECTION_FIELDS = frozenset(k for k in FIELDS if k.startswith(("authn.", "http.")))
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,10 @@ def _match(name: str, value: str, r: DecisionRecord) -> bool:
         return any(x.rule == value for x in r.reasons)
     if name == "decision":
         return r.decision == value
+    if name in SECTION_FIELDS:
+        section, _, key = name.partition(".")
+        values = r.authn if section == "authn" else r.http
+        return values is not None and values.get(key) == value
     return bool(_FIELD_VALUE[name](r) == value)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdp.audit.jsonl import DEFAULT_MAX_BYTES, DEFAULT_ROTATE_SECONDS, JsonlSink, safe_chain
-from pdp.audit.record import AuditConfig, DecisionRecord
+from pdp.audit.record import AuditConfig, DecisionRecord, RecordDraft
 from pdp.audit.sink import DecisionSink
 from pdp.audit.writer import MODES, AuditWriter, Mode, WriterStats
 
@@ -91,11 +91,12 @@ class Recorder:
         self.durable = writer.mode == "durable"
         self.durable_timeout = durable_timeout
 
-    def record(self, records: Sequence[DecisionRecord]) -> str | None:
+    def record(self, records: Sequence[DecisionRecord | RecordDraft]) -> str | None:
         """Hand over the records of one call; None when that is enough to answer.
 
         `durable`: waits until they are stored, and returns why not when they are not
-        (the caller then denies). `buffered`: returns None at once.
+        (the caller then denies). `buffered`: returns None at once. A `RecordDraft` is
+        built into its record by the writer (cheaper, and off this thread when buffered).
         """
         ticket = self.writer.submit(records)
         if not self.durable:

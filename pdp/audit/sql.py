@@ -12,6 +12,7 @@ The tables are created when missing (no migrations yet: schema version 1).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
-from pdp.audit.query import Filter, Page, Problem, QueryError, Stats
+from pdp.audit.query import SECTION_FIELDS, Filter, Page, Problem, QueryError, Stats
 from pdp.audit.read import Entry, decode_cursor, encode_cursor
 from pdp.audit.record import DecisionRecord, RecordError, parse_line
 from pdp.audit.sink import ChainHead, SinkError
@@ -294,6 +295,13 @@ class SqlSource(_SqlBase):
             return and_(c.resource_id == ident, c.resource_type == kind)
         if name == "decision":
             return c.allowed == (value == "allow")
+        if name in SECTION_FIELDS:
+            # No column of their own: matched in the stored line, whose keys are sorted
+            # (canonical form), so the section's key comes after the section's name.
+            section, _, key = name.partition(".")
+            text = json.dumps(value, ensure_ascii=False)
+            literal = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            return c.record.like(f'%"{section}":{{%"{key}":{literal}%', escape="\\")
         column = {
             "subject.type": c.subject_type,
             "subject.id": c.subject_id,

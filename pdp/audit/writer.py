@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pdp.audit.jsonl import check_chain
-from pdp.audit.record import GENESIS, DecisionRecord, seal
+from pdp.audit.record import GENESIS, DecisionRecord, RecordDraft, seal, seal_draft
 from pdp.audit.sink import DecisionSink
 
 log = logging.getLogger("pdp.audit")
@@ -44,7 +44,9 @@ log = logging.getLogger("pdp.audit")
 Mode = Literal["durable", "buffered"]
 MODES: tuple[Mode, ...] = ("durable", "buffered")
 
-Item = tuple[Sequence[DecisionRecord], "Ticket"]
+# A draft is built into its record by the writer, when it is sealed (see RecordDraft).
+Submitted = DecisionRecord | RecordDraft
+Item = tuple[Sequence[Submitted], "Ticket"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,12 @@ class Ticket:
         while True:
             left = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             got = self._lock.acquire(timeout=left)
+            if got and self.finished:
+                # The usual end, read without the writer's lock: `finished` is set before
+                # the release we just acquired and never unset, and a finished ticket is
+                # never promoted, so there is nothing left to decide under the lock.
+                self._lock.release()
+                return self.ok
             # INVARIANT: `lead`, `finished` and the releases of `_lock` change under the
             # writer's lock, so what we see here and the lock's state agree.
             with writer._cond:
@@ -206,8 +214,8 @@ class AuditWriter:
         self._thread = threading.Thread(target=self._run, name="pdp-audit-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, records: Sequence[DecisionRecord]) -> Ticket:
-        """Queue the records of one call, in decision order; see the modes above.
+    def submit(self, records: Sequence[Submitted]) -> Ticket:
+        """Queue the records (or drafts) of one call, in decision order; see the modes above.
 
         Durable: the records are written by the time `Ticket.wait` returns True (when
         no write was in progress, they are written before `submit` returns).
@@ -249,7 +257,7 @@ class AuditWriter:
             return f"the audit log is failing: {self._last_error}"
         return None
 
-    def _submit_buffered(self, records: Sequence[DecisionRecord]) -> None:
+    def _submit_buffered(self, records: Sequence[Submitted]) -> None:
         with self._cond:
             if self._closing:
                 self._lost += len(records)
@@ -425,10 +433,14 @@ class AuditWriter:
         sealed: list[DecisionRecord] = []
         lines: list[str] = []
         seq, prev = self._seq, self._prev
+        chain = self.chain
         for records, _ in batch:
             for r in records:
                 seq += 1
-                s, line = seal(r, self.chain, seq, prev)
+                if isinstance(r, RecordDraft):
+                    s, line = seal_draft(r, chain, seq, prev)
+                else:
+                    s, line = seal(r, chain, seq, prev)
                 prev = s.hash
                 sealed.append(s)
                 lines.append(line)
@@ -440,14 +452,17 @@ class AuditWriter:
             self._failed(batch)
             return
         self._seq, self._prev = seq, prev
+        if not self._healthy:
+            self._set_health(True, "")
+        # One round on the lock for the counters and every ticket (`_finish` re-enters
+        # it cheaply): under load each extra round is a contended lock and a GIL hand-off.
         with self._cond:
             self._written += len(sealed)
             self._batches += 1
             self._flush_at = time.monotonic() + self.flush_interval
-        self._set_health(True, "")
-        for _, ticket in batch:
-            if ticket is not _DONE:  # buffered calls share one finished ticket
-                ticket._finish(True)
+            for _, ticket in batch:
+                if ticket is not _DONE:  # buffered calls share one finished ticket
+                    ticket._finish(True)
 
     def _failed(self, batch: list[Item]) -> None:
         self._set_health(False, self._last_error)

@@ -10,13 +10,14 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pdp.audit.explain import Rederived, rederive
+from pdp.audit.explain import NOT_BY_POLICY, Rederived, rederive
 from pdp.audit.query import FIELDS, Filter, Problem, QueryError, Stats, make_filter, ranked
 from pdp.audit.read import AuditSource, JsonlSource, open_source
 from pdp.audit.record import DecisionRecord, format_time
@@ -214,10 +215,10 @@ def run_search(args: argparse.Namespace) -> int:
         table.add_row(
             format_time(r.time_us)[:19].replace("T", " "),
             _verdict(r.allowed),
-            escape(r.subject),
+            escape(r.subject if r.subject_type else "-"),
             escape(r.action),
             escape(r.resource),
-            escape(", ".join(x.rule for x in r.reasons) or "-"),
+            escape(", ".join(x.rule for x in r.reasons) or _refusal(r)),
             escape(r.caller or "-"),
             r.decision_id,
         )
@@ -320,14 +321,26 @@ def _print_record(r: DecisionRecord) -> None:
         ("decision_id", r.decision_id),
         ("time", format_time(r.time_us)),
         ("caller", escape(r.caller or "-")),
-        ("subject", escape(r.subject)),
+    ]
+    # Authentication and the HTTP request come before the decision's own fields: they
+    # are separate steps, and a failed authentication means there was no evaluation.
+    if r.http is not None:
+        rows.append(("http request", escape(_http_text(r.http))))
+    if r.authn is not None:
+        rows.append(("authentication", escape(_authn_text(r.authn))))
+    rows += [
+        ("subject", escape(r.subject if r.subject_type else "-")),
         ("roles used", escape(", ".join(r.roles) or "-")),
         ("action", escape(r.action)),
         ("resource", escape(r.resource)),
         (
             "reasons",
             escape(", ".join(f"{x.rule} ({x.at})" if x.at else x.rule for x in r.reasons))
-            or ("default deny: no permit applied" if not r.allowed else "-"),
+            or (
+                "default deny: no permit applied"
+                if not r.allowed and not any(d.code in NOT_BY_POLICY for d in r.diagnostics)
+                else "-"
+            ),
         ),
     ]
     rows += [
@@ -461,6 +474,34 @@ def run_tail(args: argparse.Namespace) -> int:
     finally:
         source.close()
     return EXIT_OK
+
+
+def _refusal(r: DecisionRecord) -> str:
+    """For a row without reasons: why no rule decided (`authn: token_expired`, `no_route`)."""
+    if r.authn is not None and "cause" in r.authn:
+        return f"authn: {r.authn['cause']}"
+    codes = [d.code for d in r.diagnostics if d.code in NOT_BY_POLICY]
+    return codes[0] if codes else "-"
+
+
+def _http_text(http: Mapping[str, Any]) -> str:
+    """`GET docs.example.com/tenants/acme/documents/42 → 403, route documents.read`."""
+    text = f"{http.get('method', '?')} {http.get('host', '')}{http.get('path', '')}"
+    if "status" in http:
+        text += f" → {http['status']}"
+    return text + (f", route {http['route']}" if http.get("route") else ", no route")
+
+
+def _authn_text(authn: Mapping[str, Any]) -> str:
+    """`failed (token_expired), bearer tok-1: expired 40 s ago` or `ok, apikey k7m2...`."""
+    result = str(authn.get("result", "?"))
+    text = f"{result} ({authn['cause']})" if "cause" in authn else result
+    who = " ".join(str(authn[k]) for k in ("method", "credential") if authn.get(k))
+    if who:
+        text += f", {who}"
+    if authn.get("detail"):
+        text += f": {authn['detail']}"
+    return text
 
 
 def _tail_line(r: DecisionRecord, as_json: bool) -> None:

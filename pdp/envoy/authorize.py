@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from pdp.engine.decision import Decision, Diagnostic
-from pdp.engine.request import Action, Request, Subject
+from pdp.engine.request import Action, Request, Resource, Subject
 from pdp.envoy.attributes import HttpRequest, from_check_request
 from pdp.envoy.responses import DECISION_HEADER, SUBJECT_HEADER, allow, deny
 from pdp.envoy.routes import NoMatch, Route, RouteMatch, RouteTable
@@ -89,6 +89,8 @@ class CheckOutcome:
     route: Route | None = None
     authn: AuthnResult | None = None  # None: an anonymous route without a credential
     request: Request | None = None
+    # The route's resource, also when the request was refused before an evaluation.
+    resource: Resource | None = None
 
     @property
     def allowed(self) -> bool:
@@ -155,6 +157,7 @@ class EnvoyAuthorizer:
             return self._refused(decision_id, 403, "internal_error", "", None)
         match = self._routes.match(http.method, http.host, http.path)
         route = match.route if isinstance(match, RouteMatch) else None
+        resource = match.resource if isinstance(match, RouteMatch) else None
         action = route.action if route is not None else ""
 
         credentials = [
@@ -171,7 +174,7 @@ class EnvoyAuthorizer:
             authn = self._authn.authenticate(credentials, now)
             if isinstance(authn, AuthnFailure):
                 return self._refused(
-                    decision_id, 401, "unauthenticated", action, http, route, authn
+                    decision_id, 401, "unauthenticated", action, http, route, authn, resource
                 )
             subject = authn.subject
 
@@ -180,13 +183,17 @@ class EnvoyAuthorizer:
         try:
             context = self._context(http, match, authn)
         except _BadRequest as exc:
-            return self._refused(decision_id, 403, "bad_request", action, http, route, authn, exc)
+            return self._refused(
+                decision_id, 403, "bad_request", action, http, route, authn, resource, exc
+            )
         request = Request(subject, Action(match.route.action), match.resource, context, now)
         try:
             decision = decide(request)
         except Exception:
             log.exception("internal error deciding an Envoy check (decision %s)", decision_id)
-            return self._refused(decision_id, 403, "internal_error", action, http, route, authn)
+            return self._refused(
+                decision_id, 403, "internal_error", action, http, route, authn, resource
+            )
         if decision.allowed:
             response = allow(
                 subject_key=authn.subject.key if isinstance(authn, Identity) else None,
@@ -199,7 +206,9 @@ class EnvoyAuthorizer:
         else:
             response = deny(403, decision_id=decision_id, decision_header=self._s.decision_header)
             status = 403
-        return CheckOutcome(response, status, decision_id, decision, http, route, authn, request)
+        return CheckOutcome(
+            response, status, decision_id, decision, http, route, authn, request, match.resource
+        )
 
     def _refused(
         self,
@@ -210,6 +219,7 @@ class EnvoyAuthorizer:
         http: HttpRequest | None,
         route: Route | None = None,
         authn: AuthnResult | None = None,
+        resource: Resource | None = None,
         note: object = None,
     ) -> CheckOutcome:
         """A denial made before (or instead of) an evaluation."""
@@ -229,12 +239,14 @@ class EnvoyAuthorizer:
             bearer_realm=self._realm,
             decision_header=self._s.decision_header,
         )
-        return CheckOutcome(response, status, decision_id, decision, http, route, authn)
+        return CheckOutcome(
+            response, status, decision_id, decision, http, route, authn, None, resource
+        )
 
     def _context(
         self, http: HttpRequest, match: RouteMatch, authn: AuthnResult | None
     ) -> dict[str, Any]:
-        """`context.http`, `.source`, `.destination`, `.extensions`, `.authn`."""
+        """`context.http`, `.source`, `.destination`, `.extensions`, `.authn`, `.ip`."""
         allow_list = self._s.context_headers
         headers = {
             k: ", ".join(v)
@@ -270,6 +282,11 @@ class EnvoyAuthorizer:
             "extensions": dict(http.extensions),
             "authn": authn.context() if isinstance(authn, Identity) else {"method": "anonymous"},
         }
+        if http.source.address:
+            # The end user's address as the proxy saw it, under the name pdp.v1 callers
+            # use (`context.ip`), so one rule such as `in_cidr(context.ip, ...)` holds
+            # for direct calls and proxied requests alike.
+            ctx["ip"] = http.source.address
         if http.protocol:
             ctx["http"]["protocol"] = http.protocol
         if http.sni:

@@ -244,15 +244,25 @@ class Sessions:
 
 
 class SessionResolver:
-    """Authenticates session ids against a `SessionRepository`, renewing idle deadlines."""
+    """Authenticates session ids against a `SessionRepository`, renewing idle deadlines.
+
+    `max_idle` caps every session's idle timeout (the server's
+    `identity.sessions.idle_timeout`): a login flow that created sessions with a
+    longer one cannot outvote the PDP's configuration.
+    """
 
     kind = CredentialKind.SESSION
 
     def __init__(
-        self, repo: SessionRepository, *, renew_after: timedelta = timedelta(minutes=1)
+        self,
+        repo: SessionRepository,
+        *,
+        renew_after: timedelta = timedelta(minutes=1),
+        max_idle: timedelta | None = None,
     ) -> None:
         self._repo = repo
         self._renew_after = renew_after
+        self._max_idle = max_idle
         # Compared against when there is no record; random, so it matches nothing.
         self._dummy = secrets.token_hex(32)
 
@@ -279,7 +289,10 @@ class SessionResolver:
             return AuthnFailure(Cause.SESSION_REVOKED, self.kind, handle)
         if now >= record.expires_at:
             return AuthnFailure(Cause.SESSION_EXPIRED, self.kind, handle)
-        if now >= record.last_seen_at + record.idle_timeout:
+        idle = record.idle_timeout
+        if self._max_idle is not None and self._max_idle < idle:
+            idle = self._max_idle
+        if now >= record.last_seen_at + idle:
             return AuthnFailure(Cause.SESSION_IDLE, self.kind, handle)
         last_seen = record.last_seen_at
         if now - last_seen >= self._renew_after:
@@ -292,5 +305,5 @@ class SessionResolver:
             Subject(record.subject_type, record.subject_id, record.properties),
             self.kind,
             credential_id=handle,
-            expires_at=min(last_seen + record.idle_timeout, record.expires_at),
+            expires_at=min(last_seen + idle, record.expires_at),
         )

@@ -1,9 +1,9 @@
 """The composition root: the one place that chooses and wires the server's parts.
 
 Which role source (bindings file or SQL store), which audit sink and mode, TLS or
-not, and the gRPC server with its decision service, health checking and reflection
-are all decided here from a `ServerConfig`; nothing below this module reads
-configuration.
+not, which credentials are accepted, and the gRPC server with its decision service,
+the Envoy ext_authz service, health checking and reflection are all decided here
+from a `ServerConfig`; nothing below this module reads configuration.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ from pdp.audit.jsonl import JsonlSink
 from pdp.audit.recorder import Recorder, default_chain, default_directory, open_recorder
 from pdp.audit.sink import DecisionSink
 from pdp.server.config import ServerConfig
+from pdp.server.envoy_service import SERVICE_NAME as ENVOY_SERVICE_NAME
+from pdp.server.envoy_service import EnvoyService, envoy_settings
+from pdp.server.identity import IdentitySetupError, build_identity
 from pdp.server.reload import Reloader
 from pdp.server.roles import BindingsFileBackend, SqlStoreBackend
 from pdp.server.service import SERVICE_NAME, DecisionService
-from pdp.server.state import RoleBackend, ServingState
+from pdp.server.state import RoleBackend, ServingState, Snapshot
 
 log = logging.getLogger("pdp.server")
 
@@ -138,7 +141,14 @@ class PdpServer:
     def __post_init__(self) -> None:
         if self.backend is None:
             self.backend = role_backend(self.cfg)
-        self.state = ServingState(self.cfg.policies, self.cfg.schema, self.backend)
+        try:
+            self.identity = build_identity(self.cfg)
+        except IdentitySetupError as exc:
+            self.backend.close()
+            raise StartupError(str(exc)) from None
+        self.state = ServingState(
+            self.cfg.policies, self.cfg.schema, self.backend, routes=self.cfg.routes_path
+        )
         self.health = health.HealthServicer()
         self._stopped = False
         # Durable audit: no answers without records, so a failing sink is NOT_SERVING.
@@ -154,7 +164,23 @@ class PdpServer:
             allowed_callers=frozenset(self.cfg.tls.allowed_callers),
             tls=self.cfg.tls.enabled,
             started_at=self.started_at,
+            authenticator=self.identity.authenticator if self.cfg.identity.enabled else None,
         )
+        self.envoy: EnvoyService | None = None
+        if self.cfg.envoy.enabled:
+            if not self.cfg.identity.enabled:
+                log.warning(
+                    "envoy: no credential is accepted (no identity.jwt, identity.apikeys or "
+                    "identity.sessions): only `authentication: optional` routes can allow"
+                )
+            self.envoy = EnvoyService(
+                self.state,
+                self.identity,
+                envoy_settings(self.cfg.envoy, self.identity),
+                recorder=self.recorder,
+                allowed_callers=frozenset(self.cfg.tls.allowed_callers),
+                tls=self.cfg.tls.enabled,
+            )
         self.reloader = Reloader(
             self.state,
             debounce_ms=self.cfg.reload_debounce_ms,
@@ -164,6 +190,7 @@ class PdpServer:
         self.server = build_grpc_server(self.cfg, reuse_port=self.reuse_port)
         self.port = 0
         self.state.on_ready_change(self._on_ready)
+        self.state.on_swap(self._on_swap)
 
     def _audit_dir(self) -> Path:
         return (
@@ -183,10 +210,12 @@ class PdpServer:
             raise StartupError(f"audit log: {error}")
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.add_generic_rpc_handlers((self.service.handler(),))
+        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.envoy is not None:
+            self.envoy.add_to(self.server)
+            services.append(ENVOY_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        reflection.enable_server_reflection(services, self.server)
         self.port = bind(self.server, self.cfg)
         self.server.start()
         if wait_ready:
@@ -206,6 +235,11 @@ class PdpServer:
             # generation every 700 allocations costs CPU on every call for nothing.
             # Reference counting frees them; the collector still runs, less often.
             gc.set_threshold(50_000, 20, 20)
+            self._update_health()
+
+    def _on_swap(self, snap: Snapshot) -> None:
+        # A route table may arrive (or be fixed) after the policies: follow it.
+        if self.envoy is not None and not self._stopped:
             self._update_health()
 
     def _on_audit_health(self, healthy: bool, reason: str) -> None:
@@ -230,9 +264,18 @@ class PdpServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
+        if self.envoy is not None:
+            # The Envoy endpoint also needs a route table; pdp.v1 does not.
+            self.health.set(
+                ENVOY_SERVICE_NAME,
+                health_pb2.HealthCheckResponse.SERVING
+                if serving and self.envoy.ready()
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
 
     def _set_health(self, status: int) -> None:
-        for name in ("", SERVICE_NAME):
+        names = ("", SERVICE_NAME, ENVOY_SERVICE_NAME) if self.envoy else ("", SERVICE_NAME)
+        for name in names:
             self.health.set(name, status)
 
     def stop(self, grace: float | None = None) -> None:
@@ -249,6 +292,7 @@ class PdpServer:
             self.recorder.close()
         assert self.backend is not None
         self.backend.close()
+        self.identity.close()
 
 
 def configure_logging(level: str) -> None:
@@ -285,8 +329,8 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = PdpServer(cfg, backend=backend, sink=sink, reuse_port=reuse_port, worker=worker)
     try:
+        server = PdpServer(cfg, backend=backend, sink=sink, reuse_port=reuse_port, worker=worker)
         port = server.start(wait_ready=False)
     except StartupError as exc:
         print(f"pdp serve: error: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,81 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvoyConfig:
+    """`[envoy]`: the `envoy.service.auth.v3.Authorization/Check` endpoint (docs/envoy.md)."""
+
+    enabled: bool = False
+    routes: str = ""  # "" = `routes.yaml` in the policies directory
+    remove_headers: tuple[str, ...] = ()
+    subject_header: str = "x-pdp-subject"
+    decision_header: str = "x-pdp-decision-id"
+    realm: str = "pdp"
+    context_headers: tuple[str, ...] = ()  # empty: every non-credential header
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """`[identity.jwt]`: one trusted token issuer; off while `issuer` is empty."""
+
+    issuer: str = ""
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwks_file: str = ""
+    jwks_url: str = ""
+    jwks_ttl: float = 300.0
+    jwks_min_refresh: float = 30.0
+    leeway: float = 30.0
+    subject_claim: str = "sub"
+    subject_type: str = "user"
+    type_claim: str = ""
+    allowed_types: tuple[str, ...] = ()
+    scopes_claim: str = "scope"
+    properties: Mapping[str, str] = field(default_factory=dict)  # property → claim path
+    revocation_refresh: float = 5.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeysConfig:
+    """`[identity.apikeys]`: API keys in the store, checked with the server's pepper."""
+
+    enabled: bool = False
+    pepper_file: str = ""  # "" = $PDP_APIKEY_PEPPER
+    header: str = "x-api-key"
+    in_bearer: bool = True
+    # The secret itself, read from `pepper_file` or the environment by `load_config`.
+    pepper: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsConfig:
+    """`[identity.sessions]`: browser sessions in the store, by cookie."""
+
+    enabled: bool = False
+    cookie: str = "pdp_session"
+    idle_timeout: float = 0.0  # seconds; 0 = each session's own idle timeout
+    renew_after: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """`[identity]`: who is asking, for the Envoy endpoint and raw pdp.v1 credentials."""
+
+    order: tuple[str, ...] = ("bearer", "apikey", "session")
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+    apikeys: ApiKeysConfig = field(default_factory=ApiKeysConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any credential is accepted at all."""
+        return self.jwt.enabled or self.apikeys.enabled or self.sessions.enabled
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything `pdp serve` needs; built by `load_config`, immutable afterwards."""
 
@@ -77,6 +153,15 @@ class ServerConfig:
     audit: AuditSettings = field(default_factory=AuditSettings)
     limits: Limits = field(default_factory=Limits)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    envoy: EnvoyConfig = field(default_factory=EnvoyConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+
+    @property
+    def routes_path(self) -> Path | None:
+        """The route table file when the Envoy endpoint is on, else None."""
+        if not self.envoy.enabled:
+            return None
+        return Path(self.envoy.routes) if self.envoy.routes else Path(self.policies) / "routes.yaml"
 
     @property
     def host(self) -> str:
@@ -149,6 +234,73 @@ def _one_of(*choices: str) -> Check:
         return str(v)
 
     return check
+
+
+def _non_negative_number(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+        raise ValueError("must be a number, 0 or more")
+    return float(v)
+
+
+def _header_names(v: object) -> tuple[str, ...]:
+    names = _strings(v)
+    for n in names:
+        _header_name(n)
+    return tuple(n.lower() for n in names)
+
+
+def _header_name(v: object) -> str:
+    # RFC 9110 token characters; pseudo-headers (`:path`) are not headers to set or remove.
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v):
+        raise ValueError("must be an HTTP header name such as `x-api-key`")
+    return v.lower()
+
+
+def _cookie_name(v: object) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v):
+        raise ValueError("must be a cookie name such as `pdp_session`")
+    return v
+
+
+def _algorithms(v: object) -> tuple[str, ...]:
+    from pdp.identity.jwks import SUPPORTED_ALGORITHMS
+
+    names = _strings(v)
+    if not names:
+        raise ValueError("must name at least one algorithm")
+    for n in names:
+        if n not in SUPPORTED_ALGORITHMS:
+            raise ValueError(
+                f"`{n}` is not supported; use "
+                + ", ".join(sorted(SUPPORTED_ALGORITHMS))
+                + " (`none` and HMAC are refused on purpose)"
+            )
+    return names
+
+
+def _kinds(v: object) -> tuple[str, ...]:
+    names = _strings(v)
+    allowed = ("bearer", "apikey", "session")
+    if not names or len(set(names)) != len(names) or not set(names) <= set(allowed):
+        raise ValueError("must list each of " + ", ".join(f'"{k}"' for k in allowed) + " once")
+    return names
+
+
+def _claim_map(v: object) -> dict[str, str]:
+    if not isinstance(v, Mapping) or not all(
+        isinstance(k, str) and k and isinstance(c, str) and c for k, c in v.items()
+    ):
+        raise ValueError('must be a table of property = "claim.path" strings')
+    return dict(v)
+
+
+def _leeway(v: object) -> float:
+    from pdp.identity.jwt import MAX_LEEWAY
+
+    x = _non_negative_number(v)
+    if x > MAX_LEEWAY:
+        raise ValueError(f"must be at most {MAX_LEEWAY:g} seconds")
+    return x
 
 
 def _address(v: object) -> str:
@@ -357,6 +509,217 @@ KEYS: tuple[Key, ...] = (
         "allow plaintext on a non-loopback address",
         "bool",
     ),
+    Key(
+        "envoy.enabled",
+        _bool,
+        "envoy.enabled",
+        "serve envoy.service.auth.v3.Authorization/Check on the same port",
+        "bool",
+    ),
+    Key(
+        "envoy.routes",
+        _string,
+        "envoy.routes",
+        "route table file; empty: routes.yaml in the policies directory (reloaded with them)",
+        "str",
+    ),
+    Key(
+        "envoy.remove_headers",
+        _header_names,
+        "envoy.remove_headers",
+        "headers removed before the request goes upstream on allow, e.g. authorization",
+        "list",
+    ),
+    Key(
+        "envoy.subject_header",
+        _header_name,
+        "envoy.subject_header",
+        "header telling the upstream the subject (`type:id`)",
+        "str",
+    ),
+    Key(
+        "envoy.decision_header",
+        _header_name,
+        "envoy.decision_header",
+        "header carrying the decision id (allow and deny)",
+        "str",
+    ),
+    Key("envoy.realm", _string, "envoy.realm", "realm of WWW-Authenticate: Bearer on 401", "str"),
+    Key(
+        "envoy.context_headers",
+        _header_names,
+        "envoy.context_headers",
+        "headers policies see in context.http.headers; empty: all but credentials",
+        "list",
+    ),
+    Key(
+        "identity.order",
+        _kinds,
+        "identity.order",
+        "which credential counts when several kinds are sent",
+        "list",
+    ),
+    Key(
+        "identity.jwt.issuer",
+        _string,
+        "identity.jwt.issuer",
+        "the trusted token issuer (`iss`); empty: bearer tokens are not accepted",
+        "str",
+    ),
+    Key(
+        "identity.jwt.audiences",
+        _strings,
+        "identity.jwt.audiences",
+        "accepted `aud` values (at least one)",
+        "list",
+    ),
+    Key(
+        "identity.jwt.algorithms",
+        _algorithms,
+        "identity.jwt.algorithms",
+        "allowed signature algorithms (asymmetric only)",
+        "list",
+    ),
+    Key(
+        "identity.jwt.jwks_file",
+        _string,
+        "identity.jwt.jwks_file",
+        "the issuer's key set (JWKS) in a file",
+        "str",
+    ),
+    Key(
+        "identity.jwt.jwks_url",
+        _string,
+        "identity.jwt.jwks_url",
+        "the issuer's key set URL (https; http only on loopback)",
+        "str",
+    ),
+    Key(
+        "identity.jwt.jwks_ttl",
+        _positive_number,
+        "identity.jwt.jwks_ttl",
+        "seconds the key set is used before it is fetched again",
+        "float",
+    ),
+    Key(
+        "identity.jwt.jwks_min_refresh",
+        _non_negative_number,
+        "identity.jwt.jwks_min_refresh",
+        "at most one fetch per this many seconds (unknown kids trigger one)",
+        "float",
+    ),
+    Key(
+        "identity.jwt.leeway",
+        _leeway,
+        "identity.jwt.leeway",
+        "seconds of clock skew allowed for exp, nbf and iat",
+        "float",
+    ),
+    Key(
+        "identity.jwt.subject_claim",
+        _string,
+        "identity.jwt.subject_claim",
+        "claim (dotted path) holding the subject id",
+        "str",
+    ),
+    Key(
+        "identity.jwt.subject_type",
+        _string,
+        "identity.jwt.subject_type",
+        "the subject type of token holders",
+        "str",
+    ),
+    Key(
+        "identity.jwt.type_claim",
+        _string,
+        "identity.jwt.type_claim",
+        "claim holding the subject type instead (needs allowed_types)",
+        "str",
+    ),
+    Key(
+        "identity.jwt.allowed_types",
+        _strings,
+        "identity.jwt.allowed_types",
+        "subject types type_claim may name",
+        "list",
+    ),
+    Key(
+        "identity.jwt.scopes_claim",
+        _string,
+        "identity.jwt.scopes_claim",
+        "claim holding the scopes (context.authn.scopes); empty: none",
+        "str",
+    ),
+    Key(
+        "identity.jwt.properties",
+        _claim_map,
+        "identity.jwt.properties",
+        'subject properties from claims: {tenant = "org.tenant"}',
+        "map",
+    ),
+    Key(
+        "identity.jwt.revocation_refresh",
+        _positive_number,
+        "identity.jwt.revocation_refresh",
+        "seconds between reads of the revoked-token list (`pdp tokens revoke`)",
+        "float",
+    ),
+    Key(
+        "identity.apikeys.enabled",
+        _bool,
+        "identity.apikeys.enabled",
+        "accept API keys (`pdp apikeys create`) from the store",
+        "bool",
+    ),
+    Key(
+        "identity.apikeys.pepper_file",
+        _string,
+        "identity.apikeys.pepper_file",
+        "file with the API key pepper; empty: $PDP_APIKEY_PEPPER",
+        "str",
+    ),
+    Key(
+        "identity.apikeys.header",
+        _header_name,
+        "identity.apikeys.header",
+        "header carrying an API key",
+        "str",
+    ),
+    Key(
+        "identity.apikeys.in_bearer",
+        _bool,
+        "identity.apikeys.in_bearer",
+        "accept `Authorization: Bearer pdp_...` API keys too",
+        "bool",
+    ),
+    Key(
+        "identity.sessions.enabled",
+        _bool,
+        "identity.sessions.enabled",
+        "accept session cookies (sessions in the store)",
+        "bool",
+    ),
+    Key(
+        "identity.sessions.cookie",
+        _cookie_name,
+        "identity.sessions.cookie",
+        "name of the session cookie",
+        "str",
+    ),
+    Key(
+        "identity.sessions.idle_timeout",
+        _non_negative_number,
+        "identity.sessions.idle_timeout",
+        "seconds unused after which any session is refused; 0: each session's own",
+        "float",
+    ),
+    Key(
+        "identity.sessions.renew_after",
+        _positive_number,
+        "identity.sessions.renew_after",
+        "seconds between writes of a session's last use (rolling idle renewal)",
+        "float",
+    ),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 
@@ -377,6 +740,8 @@ def value_of(cfg: ServerConfig, attr: str) -> Any:
     obj: Any = cfg
     for part in attr.split("."):
         obj = getattr(obj, part)
+    if isinstance(obj, Mapping):
+        return dict(obj)
     return list(obj) if isinstance(obj, tuple) else obj
 
 
@@ -438,6 +803,11 @@ def parse_text(key: Key, text: str) -> object:
         return text
     if key.kind == "list":
         return [s.strip() for s in t.split(",") if s.strip()]
+    if key.kind == "map":  # `tenant=org.tenant,dept=department`
+        pairs = [p.partition("=") for p in t.split(",") if p.strip()]
+        if all(sep for _, sep, _ in pairs):
+            return {k.strip(): v.strip() for k, _, v in pairs}
+        return text
     return text
 
 
@@ -471,6 +841,9 @@ def parse_set(items: list[str]) -> dict[str, object]:
 # --- putting it together ------------------------------------------------------------------
 
 
+PEPPER_ENV = "PDP_APIKEY_PEPPER"  # the same variable `pdp apikeys` reads
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -485,6 +858,7 @@ def load_config(
     the working directory. `flag_names` maps a key to the flag that set it, for
     messages (default `--set`).
     """
+    env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     sources: dict[str, str] = {}
     if path is not None:
@@ -494,7 +868,7 @@ def load_config(
                 v = str(base / v)
             values[k] = v
             sources[k] = str(path)
-    for k, (name, v) in read_env(os.environ if environ is None else environ).items():
+    for k, (name, v) in read_env(env).items():
         values[k], sources[k] = v, name
     for k, v in (flags or {}).items():
         if k not in KEYS_BY_NAME:
@@ -506,7 +880,7 @@ def load_config(
             checked[k] = KEYS_BY_NAME[k].check(v)
         except ValueError as exc:
             raise ConfigError(f"{sources[k]}: {k}: {exc}, got {_show(v)}") from None
-    return _build(checked, sources)
+    return _build(checked, sources, env)
 
 
 _PATH_KEYS = frozenset(
@@ -518,6 +892,9 @@ _PATH_KEYS = frozenset(
         "tls.key",
         "tls.client_ca",
         "audit.path",
+        "envoy.routes",
+        "identity.jwt.jwks_file",
+        "identity.apikeys.pepper_file",
     }
 )
 
@@ -530,26 +907,77 @@ def _show(v: object) -> str:
     return repr(v)
 
 
-def _build(values: Mapping[str, Any], sources: Mapping[str, str]) -> ServerConfig:
+_GROUPS = (
+    "limits",
+    "tls",
+    "audit",
+    "envoy",
+    "identity.jwt",
+    "identity.apikeys",
+    "identity.sessions",
+    "identity",
+)
+
+
+def _build(
+    values: Mapping[str, Any], sources: Mapping[str, str], environ: Mapping[str, str]
+) -> ServerConfig:
+    groups: dict[str, dict[str, Any]] = {g: {} for g in _GROUPS}
     top: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    tls: dict[str, Any] = {}
-    audit: dict[str, Any] = {}
     for name, value in values.items():
         attr = KEYS_BY_NAME[name].attr
-        if attr.startswith("limits."):
-            limits[attr.removeprefix("limits.")] = value
-        elif attr.startswith("tls."):
-            tls[attr.removeprefix("tls.")] = value
-        elif attr.startswith("audit."):
-            audit[attr.removeprefix("audit.")] = value
-        else:
+        group = next((g for g in _GROUPS if attr.startswith(g + ".")), None)
+        if group is None:
             top[attr] = value
+        else:
+            groups[group][attr.removeprefix(group + ".")] = value
+    apikeys = groups["identity.apikeys"]
+    if apikeys.get("enabled"):
+        apikeys["pepper"] = _pepper(apikeys.get("pepper_file", ""), sources, environ)
+    identity = IdentityConfig(
+        **groups["identity"],
+        jwt=JwtConfig(**groups["identity.jwt"]),
+        apikeys=ApiKeysConfig(**apikeys),
+        sessions=SessionsConfig(**groups["identity.sessions"]),
+    )
     cfg = ServerConfig(
-        **top, limits=Limits(**limits), tls=TlsConfig(**tls), audit=AuditSettings(**audit)
+        **top,
+        limits=Limits(**groups["limits"]),
+        tls=TlsConfig(**groups["tls"]),
+        audit=AuditSettings(**groups["audit"]),
+        envoy=EnvoyConfig(**groups["envoy"]),
+        identity=identity,
     )
     _check_together(cfg, sources)
     return cfg
+
+
+def _pepper(path: str, sources: Mapping[str, str], environ: Mapping[str, str]) -> bytes:
+    """The API key pepper from `identity.apikeys.pepper_file`, else $PDP_APIKEY_PEPPER."""
+    from pdp.identity.apikeys import MIN_PEPPER_BYTES
+
+    if path:
+        where = f"{sources.get('identity.apikeys.pepper_file', 'defaults')}: "
+        where += "identity.apikeys.pepper_file"
+        try:
+            pepper = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    else:
+        where = f"{sources.get('identity.apikeys.enabled', 'defaults')}: identity.apikeys.enabled"
+        if PEPPER_ENV not in environ:
+            raise ConfigError(
+                f"{where}: API keys need the pepper `pdp apikeys create` used: set "
+                f"identity.apikeys.pepper_file or ${PEPPER_ENV}"
+            )
+        pepper = environ[PEPPER_ENV].encode("utf-8")
+        where = f"${PEPPER_ENV}"
+    if len(pepper) < MIN_PEPPER_BYTES:
+        raise ConfigError(
+            f"{where}: the API key pepper is {len(pepper)} bytes; it must be at least "
+            f"{MIN_PEPPER_BYTES}"
+        )
+    return pepper
 
 
 def _check_together(cfg: ServerConfig, sources: Mapping[str, str]) -> None:
@@ -579,11 +1007,63 @@ def _check_together(cfg: ServerConfig, sources: Mapping[str, str]) -> None:
         raise ConfigError(f"{where('workers')}: workers: several workers need a fixed port")
     if cfg.audit.sink == "sql" and not cfg.audit.url:
         raise ConfigError(f'{where("audit.sink")}: audit.url: the "sql" sink needs a database URL')
+    _check_identity(cfg, where)
     try:
         cfg.audit.check()  # the redaction paths
     except ValueError as exc:
         key = "audit.redact" if "redact" in str(exc) else "audit.include"
         raise ConfigError(f"{where(key)}: {exc}") from None
+
+
+def _check_identity(cfg: ServerConfig, where: Callable[[str], str]) -> None:
+    """The `[envoy]` and `[identity]` rules that involve several keys."""
+    jwt = cfg.identity.jwt
+    if jwt.enabled:
+        if not jwt.audiences:
+            raise ConfigError(
+                f"{where('identity.jwt.issuer')}: identity.jwt.audiences: name at least one "
+                "audience the tokens must be for"
+            )
+        if bool(jwt.jwks_file) == bool(jwt.jwks_url):
+            raise ConfigError(
+                f"{where('identity.jwt.issuer')}: identity.jwt.jwks_file, identity.jwt.jwks_url: "
+                "give exactly one place to get the issuer's keys from"
+            )
+        if jwt.jwks_url:
+            from pdp.identity.jwks import check_jwks_url
+
+            try:
+                check_jwks_url(jwt.jwks_url)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{where('identity.jwt.jwks_url')}: identity.jwt.jwks_url: {exc}"
+                ) from None
+        if jwt.type_claim and not jwt.allowed_types:
+            raise ConfigError(
+                f"{where('identity.jwt.type_claim')}: identity.jwt.allowed_types: "
+                "type_claim needs the subject types it may name"
+            )
+        from pdp.identity.result import subject_problem
+
+        problem = subject_problem(jwt.subject_type, "x")
+        if problem:
+            raise ConfigError(
+                f"{where('identity.jwt.subject_type')}: identity.jwt.subject_type: {problem}"
+            )
+    env = cfg.envoy
+    if env.enabled:
+        routes = cfg.routes_path
+        assert routes is not None
+        if not routes.is_file():
+            key = "envoy.routes" if env.routes else "envoy.enabled"
+            raise ConfigError(
+                f"{where(key)}: envoy.routes: no route table at {routes}; write one "
+                "(docs/envoy.md) or set envoy.routes"
+            )
+        if '"' in env.realm or "\\" in env.realm or not env.realm.isprintable():
+            raise ConfigError(
+                f"{where('envoy.realm')}: envoy.realm: printable text without quotes or backslashes"
+            )
 
 
 def split_address(text: str) -> tuple[str, int]:

@@ -94,11 +94,25 @@ class Converter:
             raise _Bad(f"nested deeper than {self._depth} levels")
         out: dict[str, Any] = {}
         max_str = self._max_str
-        for key, value in msg.fields.items():
+        fields = msg.fields
+        # Keys, then a lookup each: the map's `items()` is a pure-Python view (a
+        # generator per call); iterating the keys is native. Strings and booleans, the
+        # common values, are read here rather than through `_value` (a call each).
+        for key in fields:
             if len(key) > max_str:
                 bad = _Bad(f"key longer than {max_str} characters")
                 bad.path.append(_segment(key[:20] + "..."))
                 raise bad
+            value = fields[key]
+            kind = value.WhichOneof("kind")
+            if kind == "string_value":
+                s = value.string_value
+                if len(s) <= max_str:
+                    out[key] = s
+                    continue
+            elif kind == "bool_value":
+                out[key] = value.bool_value
+                continue
             try:
                 out[key] = self._value(value, depth)
             except _Bad as bad:
@@ -145,35 +159,58 @@ class Converter:
     def subject(self, msg: pb.Subject, where: str) -> Subject:
         """The subject; limits are checked on every field before any InputError."""
         props = self.struct(msg.properties, where + ".properties")
-        self._limit(msg.type, where + ".type")
-        self._limit(msg.id, where + ".id")
-        _required(msg.type, where + ".type")
-        _required(msg.id, where + ".id")
-        return Subject(msg.type, msg.id, props)
+        type_, id_ = msg.type, msg.id
+        max_str = self._max_str
+        # The usual case, all fields fine, in one test; otherwise the checks one by one,
+        # in the documented order (limits first), for the error to name.
+        if type_ and id_ and len(type_) <= max_str and len(id_) <= max_str:
+            return Subject(type_, id_, props)
+        self._limit(type_, where + ".type")
+        self._limit(id_, where + ".id")
+        _required(type_, where + ".type")
+        _required(id_, where + ".id")
+        return Subject(type_, id_, props)
 
     def action(self, msg: pb.Action, where: str) -> Action:
         props = self.struct(msg.properties, where + ".properties")
-        self._limit(msg.name, where + ".name")
-        _required(msg.name, where + ".name")
-        return Action(msg.name, props)
+        name = msg.name
+        if name and len(name) <= self._max_str:
+            return Action(name, props)
+        self._limit(name, where + ".name")
+        _required(name, where + ".name")
+        return Action(name, props)
 
     def resource(self, msg: pb.Resource, where: str) -> Resource:
         props = self.struct(msg.properties, where + ".properties")
-        self._limit(msg.type, where + ".type")
-        self._limit(msg.id, where + ".id")
-        ancestors: tuple[str, ...] = ()
-        if msg.ancestors:
-            if len(msg.ancestors) > self._max_ancestors:
+        type_, id_ = msg.type, msg.id
+        max_str = self._max_str
+        ancestors: tuple[str, ...] = tuple(msg.ancestors)
+        if (
+            type_
+            and id_
+            and len(type_) <= max_str
+            and len(id_) <= max_str
+            and len(ancestors) <= self._max_ancestors
+        ):
+            for a in ancestors:
+                if len(a) > max_str or "/" not in a:
+                    break
+            else:
+                return Resource(type_, id_, props, ancestors)
+        # Something is wrong: the checks in order (limits first), for the error to name.
+        self._limit(type_, where + ".type")
+        self._limit(id_, where + ".id")
+        if ancestors:
+            if len(ancestors) > self._max_ancestors:
                 raise LimitError(where + ".ancestors", f"more than {self._max_ancestors} entries")
-            ancestors = tuple(msg.ancestors)
             for i, a in enumerate(ancestors):
                 self._limit(a, f"{where}.ancestors[{i}]")
-        _required(msg.type, where + ".type")
-        _required(msg.id, where + ".id")
+        _required(type_, where + ".type")
+        _required(id_, where + ".id")
         for i, a in enumerate(ancestors):
             if "/" not in a:
                 raise InputError(f"{where}.ancestors[{i}]", "must be `type/id`, e.g. `folder/7`")
-        return Resource(msg.type, msg.id, props, ancestors)
+        return Resource(type_, id_, props, ancestors)
 
 
 def _required(value: str, where: str) -> None:

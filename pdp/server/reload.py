@@ -1,4 +1,5 @@
-"""Hot reload: one background thread watches the policy files (and a bindings file).
+"""Hot reload: one background thread watches the policy files (and a bindings file,
+and the Envoy route table, which is reloaded with the policies).
 
 Changes are debounced (an editor's save is several events; a `git checkout` many),
 then the policies, or the bindings, are loaded, validated and compiled off the
@@ -42,6 +43,7 @@ class Reloader:
         self._thread: threading.Thread | None = None
         self._policies = state.policies_dir.resolve()
         self._schema = state.schema_path.resolve() if state.schema_path else None
+        self._routes = state.routes_path.resolve() if state.routes_path else None
         bindings = state.backend.watch
         self._bindings = bindings.resolve() if bindings else None
         # Directories written while serving (the audit log, next to a bindings file by
@@ -61,7 +63,7 @@ class Reloader:
     def _roots(self) -> list[Path]:
         # Directories, not files: editors replace a file by renaming a new one over it.
         roots = {self._policies}
-        for f in (self._schema, self._bindings):
+        for f in (self._schema, self._bindings, self._routes):
             if f is not None:
                 roots.add(f.parent)
         return sorted(r for r in roots if r.exists())
@@ -112,7 +114,7 @@ class Reloader:
         return not (self._ignore and any(Path(path).is_relative_to(i) for i in self._ignore))
 
     def _is_policy(self, p: Path) -> bool:
-        if p == self._schema:
+        if p == self._schema or p == self._routes:
             return True
         # A deleted directory is reported by its own path, without a suffix.
         return p.is_relative_to(self._policies) and (

@@ -37,6 +37,15 @@ from pdp.audit.recorder import Recorder
 from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Action, Request, Resource, Subject
 from pdp.evaluation import enrich, evaluate
+from pdp.identity.resolver import Authenticator
+from pdp.identity.result import (
+    PUBLIC_MESSAGE,
+    AuthnFailure,
+    AuthnResult,
+    Credential,
+    CredentialKind,
+    Identity,
+)
 from pdp.server.config import Limits
 from pdp.server.convert import Converter, InputError, LimitError
 from pdp.server.ids import new_decision_id
@@ -79,9 +88,12 @@ class DecisionService:
         allowed_callers: frozenset[str] = frozenset(),
         started_at: datetime | None = None,
         tls: bool = False,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._state = state
         self._limits = limits
+        # For calls that pass a raw `credential` instead of a subject; None: refused.
+        self._authn = authenticator
         self._conv = Converter(limits)
         # None when the audit log is off: then no records are built at all.
         self._recorder = recorder
@@ -199,17 +211,24 @@ class DecisionService:
                 raise LimitError("actions", "at least one action is required")
             if n > self._limits.max_batch:
                 raise LimitError("actions", f"{n} actions, more than {self._limits.max_batch}")
-            subject = _try(conv.subject, msg.subject, "subject")
+            now = datetime.now(UTC)
+            authn = self._authenticate(msg, msg.HasField("subject"), now)
+            subject = (
+                _try(conv.subject, msg.subject, "subject") if authn is None else _subject_of(authn)
+            )
             resource = _try(conv.resource, msg.resource, "resource")
             attrs = conv.struct(msg.context, "context")
-            now = datetime.now(UTC)
             items = [
                 _combine(subject, _try(conv.action, a, f"actions[{i}]"), resource, attrs, "", now)
                 for i, a in enumerate(msg.actions)
             ]
         except LimitError as exc:
             raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        return pb.CheckResponse(decisions=self._decide(snap, items, None, context, started))
+        if authn is not None:
+            items = _with_authn(items, authn)
+        return pb.CheckResponse(
+            decisions=self._decide(snap, items, None, context, started, _audit_of(authn))
+        )
 
     def _evaluations(self, raw: bytes, context: grpc.ServicerContext) -> pb.EvaluationsResponse:
         started = time.perf_counter_ns()
@@ -223,12 +242,18 @@ class DecisionService:
                 raise LimitError(
                     "evaluations", f"{n} evaluations, more than {self._limits.max_batch}"
                 )
-            items = self._batch_items(msg)
+            # With a credential, no evaluation may name a subject of its own: the
+            # credential is who asks, for the whole batch.
+            own = msg.HasField("subject") or any(ev.HasField("subject") for ev in msg.evaluations)
+            authn = self._authenticate(msg, own, datetime.now(UTC))
+            items = self._batch_items(msg, None if authn is None else _subject_of(authn))
         except LimitError as exc:
             raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if authn is not None:
+            items = _with_authn(items, authn)
         stop_after = _STOP_AFTER[msg.semantic]
         return pb.EvaluationsResponse(
-            decisions=self._decide(snap, items, stop_after, context, started)
+            decisions=self._decide(snap, items, stop_after, context, started, _audit_of(authn))
         )
 
     def _list_actions(self, raw: bytes, context: grpc.ServicerContext) -> pb.ListActionsResponse:
@@ -237,11 +262,16 @@ class DecisionService:
         msg = self._parse(raw, pb.ListActionsRequest)
         conv = self._conv
         try:
-            subject = _try(conv.subject, msg.subject, "subject")
+            authn = self._authenticate(msg, msg.HasField("subject"), datetime.now(UTC))
+            subject = (
+                _try(conv.subject, msg.subject, "subject") if authn is None else _subject_of(authn)
+            )
             resource = _try(conv.resource, msg.resource, "resource")
             attrs = conv.struct(msg.context, "context")
         except LimitError as exc:
             raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if isinstance(authn, Identity):
+            attrs = {**attrs, "authn": authn.context()}
         response = pb.ListActionsResponse(policy_version=snap.policy.version)
         for part in (subject, resource):
             if isinstance(part, InputError):
@@ -257,7 +287,9 @@ class DecisionService:
         items: list[Request | _Invalid] = [
             Request(subject, Action(a), resource, attrs, now) for a in declared
         ]
-        decisions = self._decide(snap, items, None, context, started)
+        if isinstance(authn, AuthnFailure):
+            items = _with_authn(items, authn)
+        decisions = self._decide(snap, items, None, context, started, _audit_of(authn))
         response.decisions.extend(decisions)
         response.allowed.extend(d.action for d in decisions if d.decision)
         if decisions:
@@ -311,6 +343,24 @@ class DecisionService:
 
     # --- shared steps -------------------------------------------------------------------
 
+    def _authenticate(self, msg: Any, has_subject: bool, now: datetime) -> AuthnResult | None:
+        """The identity or failure of the call's raw `credential`; None without one.
+
+        Uses the same authenticator as the Envoy endpoint, so the same work is done
+        whether or not a key, session or user exists (no timing oracle).
+        """
+        if not msg.HasField("credential"):
+            return None
+        if has_subject:
+            raise LimitError("credential", "give a subject or a credential, not both")
+        if self._authn is None:
+            raise _Rejected(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "credential: this PDP accepts no credentials (configure identity.jwt, "
+                "identity.apikeys or identity.sessions)",
+            )
+        return self._authn.authenticate(_credentials(msg.credential), now)
+
     def _snapshot(self) -> Snapshot:
         snap = self._state.snapshot
         if snap is None:
@@ -336,11 +386,18 @@ class DecisionService:
                 grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message"
             ) from None
 
-    def _batch_items(self, msg: pb.EvaluationsRequest) -> list[Request | _Invalid]:
-        """Evaluations with defaults applied; limits raise, bad input becomes `_Invalid`."""
+    def _batch_items(
+        self, msg: pb.EvaluationsRequest, authenticated: Subject | None = None
+    ) -> list[Request | _Invalid]:
+        """Evaluations with defaults applied; limits raise, bad input becomes `_Invalid`.
+
+        `authenticated`: the subject a raw credential established, for every evaluation.
+        """
         conv = self._conv
         # Defaults are converted once; their errors matter only to evaluations using them.
         d_subject = _try(conv.subject, msg.subject, "subject") if msg.HasField("subject") else None
+        if authenticated is not None:
+            d_subject = authenticated
         d_action = _try(conv.action, msg.action, "action") if msg.HasField("action") else None
         d_resource = (
             _try(conv.resource, msg.resource, "resource") if msg.HasField("resource") else None
@@ -378,8 +435,12 @@ class DecisionService:
         stop_after: bool | None,
         context: grpc.ServicerContext,
         started: int,
+        authn: Mapping[str, Any] | None = None,
     ) -> list[pb.Decision]:
-        """Decide `items` in order; `_Invalid` ones are denies; stop after `stop_after`."""
+        """Decide `items` in order; `_Invalid` ones are denies; stop after `stop_after`.
+
+        `authn` is the audit log's authentication section, for calls with a credential.
+        """
         policy, roles = snap.policy, snap.roles
         decisions: list[Decision] = []
         bindings_version = ""
@@ -392,7 +453,7 @@ class DecisionService:
             else:
                 for it in items:
                     if isinstance(it, _Invalid):
-                        d = _deny(policy.version, it.action, "invalid_request", it.message)
+                        d = _deny(policy.version, it.action, it.code, it.message)
                     else:
                         d = evaluate(policy, [it], roles.source, now=it.now)[0]
                     decisions.append(d)
@@ -416,7 +477,9 @@ class DecisionService:
             return out[:1] if stop_after is False else out
         ids = [new_decision_id() for _ in decisions]
         if self._recorder is not None:
-            failure = self._record(snap, items, decisions, ids, bindings_version, context, started)
+            failure = self._record(
+                snap, items, decisions, ids, bindings_version, context, started, authn
+            )
             if failure is not None:
                 decisions = self._unrecorded(decisions, ids, failure)
         return [
@@ -424,10 +487,21 @@ class DecisionService:
                 decision=d.allowed,
                 action=d.action,
                 reasons=d.reasons,
-                diagnostics=[_diag(x.code, x.message, x.rule_id) for x in d.diagnostics],
                 decision_id=i,
                 policy_version=d.policy_version,
                 # The store's revision the roles were read at, when the source knows it.
+                bindings_version=d.bindings_version or bindings_version,
+            )
+            if not d.diagnostics
+            # Only when there are some: even an empty `diagnostics=[]` argument costs
+            # more than the rest of the message (measured: 1.4 µs of 2.5 per decision).
+            else pb.Decision(
+                decision=d.allowed,
+                action=d.action,
+                reasons=d.reasons,
+                diagnostics=[_diag(x.code, x.message, x.rule_id) for x in d.diagnostics],
+                decision_id=i,
+                policy_version=d.policy_version,
                 bindings_version=d.bindings_version or bindings_version,
             )
             for d, i in zip(decisions, ids, strict=True)
@@ -442,6 +516,7 @@ class DecisionService:
         bindings_version: str,
         context: grpc.ServicerContext,
         started: int,
+        authn: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Build and hand over the call's records; why they could not be stored, if so."""
         recorder = self._recorder
@@ -477,6 +552,7 @@ class DecisionService:
                     bindings_version=bindings_version,
                     policy=snap.policy,
                     config=config,
+                    authn=authn,
                 )
             )
         try:
@@ -526,6 +602,54 @@ class _Invalid:
 
     message: str
     action: str
+    code: str = "invalid_request"
+
+
+_CREDENTIAL_KINDS = {
+    "bearer_token": CredentialKind.BEARER,
+    "api_key": CredentialKind.API_KEY,
+    "session_id": CredentialKind.SESSION,
+}
+
+
+def _credentials(msg: pb.Credential) -> list[Credential]:
+    """The raw credential of a pdp.v1 call (none when the oneof is unset)."""
+    which = msg.WhichOneof("value")
+    if which is None:
+        return []
+    return [Credential(_CREDENTIAL_KINDS[which], getattr(msg, which))]
+
+
+def _subject_of(authn: AuthnResult) -> Subject:
+    # A failed credential's evaluations are all refused by `_with_authn`; the
+    # placeholder subject only lets them be built (their actions named) first.
+    return authn.subject if isinstance(authn, Identity) else _NOBODY
+
+
+_NOBODY = Subject("anonymous", "anonymous")
+
+
+def _with_authn(
+    items: Sequence[Request | _Invalid], authn: AuthnResult
+) -> list[Request | _Invalid]:
+    """Items of a call with a credential: `context.authn` set, or all refused on failure.
+
+    A failure gives every item the same generic message whatever its cause (which
+    only the audit log gets), so the caller learns nothing about keys or users.
+    """
+    if isinstance(authn, AuthnFailure):
+        return [_Invalid(PUBLIC_MESSAGE, _action_of(it), "unauthenticated") for it in items]
+    ctx = authn.context()
+    return [
+        Request(it.subject, it.action, it.resource, {**it.context, "authn": ctx}, it.now)
+        if isinstance(it, Request)
+        else it
+        for it in items
+    ]
+
+
+def _audit_of(authn: AuthnResult | None) -> Mapping[str, Any] | None:
+    return authn.audit() if authn is not None else None
 
 
 def _combine(

@@ -1,10 +1,16 @@
 """What the server decides with, and how it is (re)loaded without stopping.
 
-`ServingState` holds the compiled policy set and the role source as one immutable
-`Snapshot`. A call reads the snapshot once, so a reload in the middle of a call
-changes nothing for it; a reload builds a whole new snapshot in the background and
-swaps it in with one reference assignment. A reload that fails keeps the last good
-snapshot and is reported (logged with positions, and in ServerInfo).
+`ServingState` holds the compiled policy set, the role source and (with the Envoy
+endpoint on) the route table as one immutable `Snapshot`. A call reads the snapshot
+once, so a reload in the middle of a call changes nothing for it; a reload builds a
+whole new snapshot in the background and swaps it in with one reference assignment.
+A reload that fails keeps the last good snapshot and is reported (logged with
+positions, and in ServerInfo).
+
+The route table is read with the policies, every time they are (re)loaded or the
+route file changes: a bad one keeps the last good table, reported like bad
+policies (`what: "routes"`). Until a first good table is loaded `routes` is None
+and the Envoy endpoint is not serving, while pdp.v1 is.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 from pdp.engine.bindings import RoleSource
 from pdp.engine.compile import CompiledPolicySet, compile_policy_set
+from pdp.envoy.routes import RouteTable, RouteTableError, load_routes
 from pdp.lang.errors import PolicyLoadError
 from pdp.lang.load import content_hash, discover, load_texts
 from pdp.lang.schema import load_schema
@@ -31,7 +38,7 @@ class ReloadResult:
 
     ok: bool
     at: datetime
-    what: str  # "policies" or "bindings"
+    what: str  # "policies", "bindings" or "routes"
     policy_version: str  # loaded (ok) or rejected; "" when not even hashed
     errors: tuple[str, ...] = ()
 
@@ -68,24 +75,38 @@ class Snapshot:
     policy: CompiledPolicySet
     roles: Roles
     policy_files: int
+    routes: RouteTable | None = None  # None: no Envoy endpoint, or no good table yet
 
 
 class ServingState:
     """The current snapshot, the last reload result, and the reload procedure."""
 
-    def __init__(self, policies: str, schema: str, backend: RoleBackend) -> None:
+    def __init__(
+        self,
+        policies: str,
+        schema: str,
+        backend: RoleBackend,
+        *,
+        routes: Path | None = None,
+    ) -> None:
         self.policies_dir = Path(policies)
         self.schema_path = Path(schema) if schema else None
+        self.routes_path = routes
         self.backend = backend
         # INVARIANT: replaced whole, never mutated; readers take one reference per call.
         self.snapshot: Snapshot | None = None
         self.last_reload: ReloadResult | None = None
         self._lock = threading.RLock()  # one (re)load at a time
         self._listeners: list[Callable[[bool], None]] = []
+        self._watchers: list[Callable[[Snapshot], None]] = []
 
     def on_ready_change(self, listener: Callable[[bool], None]) -> None:
         """Call `listener(ready)` whenever the state goes from not ready to ready."""
         self._listeners.append(listener)
+
+    def on_swap(self, watcher: Callable[[Snapshot], None]) -> None:
+        """Call `watcher(snapshot)` after every swap (e.g. to follow the route table)."""
+        self._watchers.append(watcher)
 
     @property
     def ready(self) -> bool:
@@ -101,7 +122,8 @@ class ServingState:
             roles = base.roles if base is not None else self._load_roles(policy)
             if roles is None:
                 return base is not None
-            self._swap(Snapshot(policy, roles, files))
+            routes = self._routes(policy, base.routes if base is not None else None)
+            self._swap(Snapshot(policy, roles, files, routes))
             return True
 
     def reload_policies(self) -> ReloadResult | None:
@@ -112,8 +134,11 @@ class ServingState:
                 self.load_all()
                 return self.last_reload
             policy, files = self._load_policies()
-            if policy is not None and policy is not self.snapshot.policy:
-                self._swap(replace(self.snapshot, policy=policy, policy_files=files))
+            if policy is None:
+                return self.last_reload
+            routes = self._routes(policy, self.snapshot.routes)
+            if policy is not self.snapshot.policy or routes is not self.snapshot.routes:
+                self._swap(replace(self.snapshot, policy=policy, policy_files=files, routes=routes))
             return self.last_reload
 
     def reload_roles(self) -> ReloadResult | None:
@@ -160,6 +185,25 @@ class ServingState:
             )
         return policy, len(result.sources)
 
+    def _routes(self, policy: CompiledPolicySet, last: RouteTable | None) -> RouteTable | None:
+        """The route table read now, or `last` (the last good one) when it is bad."""
+        if self.routes_path is None:
+            return None
+        now = datetime.now(UTC)
+        try:
+            table = load_routes(self.routes_path)
+        except RouteTableError as exc:
+            errors = [f"{exc.source}: {p}" for p in exc.problems]
+            self.last_reload = ReloadResult(False, now, "routes", policy.version, tuple(errors))
+            keeping = "keeping the last good route table" if last else "Envoy checks unavailable"
+            log.error("loading routes failed; %s:\n%s", keeping, "\n".join(errors))
+            return last
+        for note in route_warnings(table, policy):
+            log.warning("%s", note)
+        if last is None or [r.name for r in last.routes] != [r.name for r in table.routes]:
+            log.info("route table loaded from %s: %d routes", self.routes_path, len(table))
+        return table
+
     def _load_roles(self, policy: CompiledPolicySet) -> Roles | None:
         now = datetime.now(UTC)
         known = set(policy.roles) | {name for name, _ in policy.derived}
@@ -191,3 +235,27 @@ class ServingState:
         if not was_ready:
             for listener in self._listeners:
                 listener(True)
+        for watcher in self._watchers:
+            watcher(snap)
+
+
+def route_warnings(table: RouteTable, policy: CompiledPolicySet) -> list[str]:
+    """Routes that name a resource type or action the policies do not declare.
+
+    Warnings, not errors: such a route is denied (as the engine denies an unknown
+    action), and refusing the whole table over it would also drop every good route.
+    """
+    out: list[str] = []
+    for r in table.routes:
+        declared = policy.actions.get(r.resource_type)
+        if declared is None:
+            out.append(
+                f"{table.source}: route `{r.name}`: resource type `{r.resource_type}` "
+                "is not declared in the policies; its requests are denied"
+            )
+        elif r.action not in declared:
+            out.append(
+                f"{table.source}: route `{r.name}`: `{r.resource_type}` has no action "
+                f"`{r.action}`; its requests are denied"
+            )
+    return out

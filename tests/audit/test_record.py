@@ -189,7 +189,7 @@ def test_unicode_is_kept_as_is() -> None:
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "not a JSON object"),
-        ('{"v": 2}', "unknown record version"),
+        ('{"v": 3}', "unknown record version"),
         ('{"v": 1, "subject": {}}', "`action` must be an object"),
     ],
 )
@@ -241,7 +241,7 @@ _props = st.none() | st.dictionaries(_text, _json, max_size=4)
     reasons=st.lists(st.tuples(_text, st.none() | _text), max_size=3),
     diagnostics=st.lists(st.tuples(_text, _text, st.none() | _text), max_size=2),
     ancestors=st.none() | st.lists(_text, max_size=3),
-    props=st.tuples(_props, _props, _props, _props),
+    props=st.tuples(_props, _props, _props, _props, _props, _props),
 )
 def test_canonical_body_equals_the_canonical_form(
     texts: list[str],
@@ -251,7 +251,7 @@ def test_canonical_body_equals_the_canonical_form(
     reasons: list[tuple[str, str | None]],
     diagnostics: list[tuple[str, str, str | None]],
     ancestors: list[str] | None,
-    props: tuple[Any, Any, Any, Any],
+    props: tuple[Any, Any, Any, Any, Any, Any],
 ) -> None:
     time_us, latency, seq = numbers
     rec = DecisionRecord(
@@ -275,6 +275,8 @@ def test_canonical_body_equals_the_canonical_form(
         resource_properties=props[2],
         resource_ancestors=tuple(ancestors) if ancestors is not None else None,
         context=props[3],
+        authn=props[4],
+        http=props[5],
     )
     obj = rec.to_json()
     obj["chain"], obj["seq"], obj["prev"] = texts[9], seq, texts[10]
@@ -282,6 +284,17 @@ def test_canonical_body_equals_the_canonical_form(
     sealed, line = seal(rec, texts[9], seq, texts[10])
     again, parsed = parse_line(line)
     assert record_hash(parsed) == sealed.hash
+    assert (again.authn, again.http) == (rec.authn, rec.http)
+
+
+def test_version_1_records_are_still_read_and_verify_with_their_own_version() -> None:
+    old = replace(record(1), v=1)
+    sealed, line = seal(old, "h", 1, GENESIS)
+    assert '"v":1' in line and '"authn"' not in line
+    again, parsed = parse_line(line)
+    assert again.v == 1 and again.authn is None and again.http is None
+    assert record_hash(parsed) == sealed.hash
+    assert seal(again, "h", 1, GENESIS)[1] == line
 
 
 def test_time_text_is_exact_and_fixed_width() -> None:

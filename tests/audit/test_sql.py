@@ -200,3 +200,35 @@ def _plan(src: SqlSource, flt: Filter) -> str:
     finally:
         event.remove(src.engine, "before_cursor_execute", before)
     return plans[0]
+
+
+def test_authn_and_http_sections_are_searchable(sql_url: str, table: str) -> None:
+    """The v2 sections have no columns; the SQL source finds them in the stored line,
+    and `%` or `_` in a value are literal there, not wildcards."""
+    sections = [
+        ({"result": "failed", "cause": "token_expired", "method": "bearer"}, "docs.read"),
+        ({"result": "failed", "cause": "key_rotated", "method": "apikey"}, "docs_read"),
+        ({"result": "ok", "method": "session", "credential": "token_expired"}, "docs%"),
+    ]
+    w = AuditWriter(SqlSink(sql_url, table=table), chain="a")
+    w.start()
+    for i, (authn, route) in enumerate(sections):
+        r = record(i)
+        fields = {**_fields(r), "decision_id": f"x-{i}", "authn": authn}
+        fields["http"] = {"method": "GET", "host": "h", "path": "/", "route": route}
+        assert w.submit([r.__class__(**fields)]).wait(10)
+    w.close()
+    src = SqlSource(sql_url, table=table)
+    try:
+
+        def ids(*terms: str) -> list[str]:
+            return sorted(r.decision_id for r in src.search(make_filter(terms), 10).records)
+
+        assert ids("authn.cause=token_expired") == ["x-0"]  # not the credential named so
+        assert ids("authn.result=failed") == ["x-0", "x-1"]
+        assert ids("authn.method=apikey", "http.route=docs_read") == ["x-1"]
+        assert ids("http.route=docs%") == ["x-2"]
+        assert ids("http.route=docs") == []
+    finally:
+        src.close()
+        drop_tables(sql_url, table=table)

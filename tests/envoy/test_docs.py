@@ -37,6 +37,8 @@ def blocks(lang: str) -> list[str]:
 
 def test_the_documented_route_table_parses_and_routes() -> None:
     (table_text,) = [b for b in blocks("yaml") if b.startswith("routes:")]
+    # The page shows the example's own table, as it is.
+    assert table_text == (ROOT / "policies" / "routes.yaml").read_text(encoding="utf-8")
     table = parse_routes(table_text, "docs/envoy.md")
     m = table.match("GET", "docs.example.com", "/tenants/acme/folders/7/documents/42")
     assert isinstance(m, RouteMatch) and m.resource.ancestors == ("folder/7",)
@@ -52,8 +54,8 @@ def test_the_documented_policies_compile() -> None:
 def test_the_documented_routes_with_the_example_policies_and_bindings() -> None:
     """The page's route table in front of the example document service: carol (viewer
     on folder/7) reads through the folder route; mallory (globex, shared document/42
-    by mistake) is kept out by tenant isolation; sharing through the proxy is refused
-    because the example policy wants `context.ip`, which the proxy does not set."""
+    by mistake) is kept out by tenant isolation; sharing through the proxy follows the
+    example policy's `context.ip` rule, `context.ip` being Envoy's source address."""
     root = ROOT
     loaded = load_paths([root / "policies"])
     assert loaded.policy_set is not None
@@ -63,11 +65,14 @@ def test_the_documented_routes_with_the_example_policies_and_bindings() -> None:
     table = parse_routes(table_text)
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
-    def decide(who: str, method: str, path: str) -> tuple[bool, tuple[str, ...]]:
+    def decide(
+        who: str, method: str, path: str, ip: str = "203.0.113.7"
+    ) -> tuple[bool, tuple[str, ...]]:
         m = table.match(method, "docs.example.com", path)
         assert isinstance(m, RouteMatch)
         stype, sid = who.split(":")
-        req = Request(Subject(stype, sid), Action(m.route.action), m.resource, {}, now)
+        ctx = {"ip": ip, "source": {"address": ip}}  # as the Envoy mapping sets them
+        req = Request(Subject(stype, sid), Action(m.route.action), m.resource, ctx, now)
         d = evaluate(policy, [req], bindings)[0]
         return d.allowed, d.reasons
 
@@ -77,7 +82,7 @@ def test_the_documented_routes_with_the_example_policies_and_bindings() -> None:
         False,
         ("document.tenant-isolation",),
     )
-    assert decide("user:alice", "POST", "/tenants/acme/documents/42/share") == (
-        False,
-        ("document.share-off-network",),
-    )
+    share = "/tenants/acme/documents/42/share"
+    # alice is acme's admin: from outside the office network no, from inside yes.
+    assert decide("user:alice", "POST", share) == (False, ("document.share-off-network",))
+    assert decide("user:alice", "POST", share, ip="10.20.30.40")[0]

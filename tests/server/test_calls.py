@@ -196,3 +196,22 @@ def test_client_deadline(running: Running) -> None:
         c.check(ALICE, "read", DOC)
     assert exc.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
     c.close()
+
+
+def test_a_raw_credential_needs_configured_resolvers(running: Running) -> None:
+    """Without `[identity]` settings a credential cannot be checked: the caller is told
+    (a setting to fix), instead of getting denies that look like a bad credential."""
+    from pdp.v1 import decision_pb2 as pb
+    from pdp.v1 import decision_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(running.target) as ch:
+        stub = pb_grpc.DecisionServiceStub(ch)
+        req = pb.CheckRequest(
+            actions=[pb.Action(name="read")],
+            resource=pb.Resource(type="doc", id="1"),
+            credential=pb.Credential(api_key="pdp_x"),
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Check(req, timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "identity.apikeys" in (info.value.details() or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,116 @@ def test_set_flags() -> None:
     }
     with pytest.raises(ConfigError, match="write `--set key=value`"):
         parse_set(["limits.max_batch"])
+
+
+# --- [envoy] and [identity] -----------------------------------------------------------------
+
+IDENTITY = """\
+policies = "policies"
+
+[envoy]
+enabled = true
+remove_headers = ["Authorization", "x-api-key"]
+
+[identity.jwt]
+issuer = "https://id.example.com"
+audiences = ["docs-api"]
+algorithms = ["ES256"]
+jwks_file = "keys/jwks.json"
+leeway = 10
+properties = {tenant = "org.tenant"}
+
+[identity.apikeys]
+enabled = true
+pepper_file = "pepper.txt"
+
+[identity.sessions]
+enabled = true
+cookie = "sid"
+idle_timeout = 900
+"""
+
+
+def _identity_files(tmp_path: Path) -> Path:
+    path = write(tmp_path, IDENTITY)
+    (path.parent / "policies").mkdir()
+    (path.parent / "policies" / "routes.yaml").write_text("routes: []\n", encoding="utf-8")
+    (path.parent / "pepper.txt").write_text("s" * 32 + "\n", encoding="utf-8")
+    return path
+
+
+def test_envoy_and_identity_settings(tmp_path: Path) -> None:
+    path = _identity_files(tmp_path)
+    cfg = load_config(path, environ={"PDP_IDENTITY_JWT_LEEWAY": "5"})
+    base = path.parent
+    assert cfg.envoy.enabled and cfg.routes_path == base / "policies" / "routes.yaml"
+    assert cfg.envoy.remove_headers == ("authorization", "x-api-key")
+    jwt = cfg.identity.jwt
+    assert jwt.enabled and jwt.audiences == ("docs-api",) and jwt.algorithms == ("ES256",)
+    assert jwt.jwks_file == str(base / "keys" / "jwks.json")  # relative to the file
+    assert jwt.leeway == 5 and dict(jwt.properties) == {"tenant": "org.tenant"}
+    assert cfg.identity.apikeys.pepper == b"s" * 32  # read, whitespace stripped
+    assert "pepper=" not in repr(cfg)  # the secret is never shown
+    assert cfg.identity.sessions.cookie == "sid" and cfg.identity.sessions.idle_timeout == 900
+
+
+@pytest.mark.parametrize(
+    ("edit", "env", "message"),
+    [
+        (
+            ('algorithms = ["ES256"]', 'algorithms = ["none"]'),
+            {},
+            "identity.jwt.algorithms: `none`",
+        ),
+        (('algorithms = ["ES256"]', 'algorithms = ["HS256"]'), {}, "HMAC are refused"),
+        (('audiences = ["docs-api"]', "audiences = []"), {}, "identity.jwt.audiences: name"),
+        (
+            ('jwks_file = "keys/jwks.json"', 'jwks_url = "http://id.example.com/jwks"'),
+            {},
+            "identity.jwt.jwks_url: `http://id.example.com/jwks`",
+        ),
+        (
+            ('jwks_file = "keys/jwks.json"', 'jwks_file = "a"\njwks_url = "https://x/jwks"'),
+            {},
+            "give exactly one place",
+        ),
+        (("leeway = 10", "leeway = 900"), {}, "identity.jwt.leeway: must be at most 300"),
+        (('cookie = "sid"', 'cookie = "a b"'), {}, "identity.sessions.cookie: must be a cookie"),
+        (
+            ('remove_headers = ["Authorization", "x-api-key"]', 'remove_headers = [":path"]'),
+            {},
+            "envoy.remove_headers: must be an HTTP header name",
+        ),
+        (("idle_timeout = 900", "idle_timeout = -1"), {}, "identity.sessions.idle_timeout"),
+        (('pepper_file = "pepper.txt"', ""), {}, "set identity.apikeys.pepper_file or $PDP_APIKEY"),
+        (('pepper_file = "pepper.txt"', ""), {"PDP_APIKEY_PEPPER": "short"}, "at least 32"),
+        (
+            ("enabled = true\nremove", 'enabled = true\nroutes = "nope.yaml"\nremove'),
+            {},
+            "envoy.routes: no route table at",
+        ),
+    ],
+)
+def test_identity_errors_name_the_key(
+    tmp_path: Path, edit: tuple[str, str], env: dict[str, str], message: str
+) -> None:
+    path = _identity_files(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1], 1), encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path, environ=env)
+
+
+def test_identity_from_the_environment_and_flags() -> None:
+    env = {
+        "PDP_IDENTITY_APIKEYS_ENABLED": "true",
+        "PDP_APIKEY_PEPPER": "q" * 40,
+        "PDP_IDENTITY_ORDER": "session,apikey,bearer",
+    }
+    cfg = load_config(None, environ=env, flags=parse_set(["identity.jwt.properties=t=org.t"]))
+    assert cfg.identity.apikeys.enabled and cfg.identity.apikeys.pepper == b"q" * 40
+    assert cfg.identity.order == ("session", "apikey", "bearer")
+    assert dict(cfg.identity.jwt.properties) == {"t": "org.t"}
+    with pytest.raises(ConfigError, match="PDP_IDENTITY_ORDER: identity.order: must list"):
+        load_config(None, environ={"PDP_IDENTITY_ORDER": "bearer,bearer"})
