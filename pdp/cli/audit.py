@@ -215,9 +215,9 @@ def run_search(args: argparse.Namespace) -> int:
         table.add_row(
             format_time(r.time_us)[:19].replace("T", " "),
             _verdict(r.allowed),
-            escape(r.subject if r.subject_type else "-"),
-            escape(r.action),
-            escape(r.resource),
+            escape(_who(r)),
+            escape(r.action or "-"),
+            escape(_what(r)),
             escape(", ".join(x.rule for x in r.reasons) or _refusal(r)),
             escape(r.caller or "-"),
             r.decision_id,
@@ -504,15 +504,29 @@ def _authn_text(authn: Mapping[str, Any]) -> str:
     return text
 
 
+def _who(r: DecisionRecord) -> str:
+    return r.subject if r.subject_type else "-"
+
+
+def _what(r: DecisionRecord) -> str:
+    """The resource; for an HTTP request refused before it had one, the request itself."""
+    if r.resource_type:
+        return r.resource
+    if r.http is not None:
+        return f"{r.http.get('method', '')} {r.http.get('path', '')}".strip() or "-"
+    return "-"
+
+
 def _tail_line(r: DecisionRecord, as_json: bool) -> None:
     if as_json:
         out.file.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
         out.file.flush()
         return
-    reasons = ", ".join(x.rule for x in r.reasons) or "-"
+    reasons = ", ".join(x.rule for x in r.reasons) or _refusal(r)
     out.print(
         f"{format_time(r.time_us)[:23].replace('T', ' ')} {_verdict(r.allowed)} "
-        f"{escape(r.subject)} {escape(r.action)} {escape(r.resource)}  [dim]{escape(reasons)}  "
+        f"{escape(_who(r))} {escape(r.action or '-')} {escape(_what(r))}  "
+        f"[dim]{escape(reasons)}  "
         f"{r.decision_id}[/]"
     )
 

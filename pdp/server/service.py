@@ -32,7 +32,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from pdp import __version__
-from pdp.audit.record import DecisionRecord, build_record
+from pdp.audit.record import RecordDraft
 from pdp.audit.recorder import Recorder
 from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Action, Request, Resource, Subject
@@ -527,7 +527,8 @@ class DecisionService:
         latency = (time.perf_counter_ns() - started) // 1000
         with_subject = "subject" in config.include
         enriched: dict[int, Subject] = {}  # by identity: a batch's items share their subject
-        records: list[DecisionRecord] = []
+        # Drafts: the writer builds each record once, in its place in the chain.
+        records: list[RecordDraft] = []
         # INVARIANT: `decisions` is a prefix of `items` (a batch may stop early).
         for it, d, decision_id in zip(items, decisions, ids, strict=False):
             req = it if isinstance(it, Request) else None
@@ -543,7 +544,7 @@ class DecisionService:
                     enriched[id(req.subject)] = subject
                 req = Request(subject, req.action, req.resource, req.context, req.now)
             records.append(
-                build_record(
+                RecordDraft(
                     d,
                     req,
                     decision_id=decision_id,
@@ -553,6 +554,7 @@ class DecisionService:
                     policy=snap.policy,
                     config=config,
                     authn=authn,
+                    known_resource=it.resource if isinstance(it, _Invalid) else None,
                 )
             )
         try:
@@ -603,6 +605,8 @@ class _Invalid:
     message: str
     action: str
     code: str = "invalid_request"
+    # (type, id) of the resource asked about, when known: the audit record names it.
+    resource: tuple[str, str] | None = None
 
 
 _CREDENTIAL_KINDS = {
@@ -638,7 +642,15 @@ def _with_authn(
     only the audit log gets), so the caller learns nothing about keys or users.
     """
     if isinstance(authn, AuthnFailure):
-        return [_Invalid(PUBLIC_MESSAGE, _action_of(it), "unauthenticated") for it in items]
+        return [
+            _Invalid(
+                PUBLIC_MESSAGE,
+                _action_of(it),
+                "unauthenticated",
+                (it.resource.type, it.resource.id) if isinstance(it, Request) else it.resource,
+            )
+            for it in items
+        ]
     ctx = authn.context()
     return [
         Request(it.subject, it.action, it.resource, {**it.context, "authn": ctx}, it.now)

@@ -503,6 +503,8 @@ def test_pdp_v1_resolves_a_raw_credential_with_the_same_resolvers(
             rec = records[d.decision_id]
             assert rec.authn is not None and rec.authn["cause"] == cause
             assert rec.subject_type == ""  # nobody was established
+            # What was asked is still on record: the resource and the action.
+            assert (rec.resource, rec.action) == ("document/7", d.action)
 
 
 def test_pdp_v1_credential_and_subject_together_are_refused(world: World) -> None:
