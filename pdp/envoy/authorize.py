@@ -3,7 +3,8 @@
     CheckRequest ─► HttpRequest (either header encoding)
                  ─► route table: (resource, action), or no route
                  ─► credentials from headers/cookies ─► Authenticator ─► Identity | failure
-                        failure                     → 401 (whatever the route)
+                        failure                     → 401 (whatever the route);
+                                                      403 if the failure is ours
                         no route                    → 403 (default deny)
                  ─► Request(subject, action, resource, context.http/source/...) ─► decide
                         allow → OK + x-pdp-subject, x-pdp-decision-id; deny → 403
@@ -37,13 +38,14 @@ from pdp.envoy.responses import DECISION_HEADER, SUBJECT_HEADER, allow, deny
 from pdp.envoy.routes import NoMatch, Route, RouteMatch, RouteTable
 from pdp.identity.http import CredentialLocations, credentials_from_headers
 from pdp.identity.resolver import Authenticator
-from pdp.identity.result import AuthnFailure, AuthnResult, CredentialKind, Identity
+from pdp.identity.result import AuthnFailure, AuthnResult, Cause, CredentialKind, Identity
 
 log = logging.getLogger("pdp.envoy")
 
 Decide = Callable[[Request], Decision]
 
 ANONYMOUS = Subject("anonymous", "anonymous")
+OUR_FAILURES = frozenset({Cause.STORE_UNAVAILABLE, Cause.JWKS_UNAVAILABLE, Cause.INTERNAL_ERROR})
 MAX_QUERY_PARAMS = 100
 
 
@@ -173,8 +175,12 @@ class EnvoyAuthorizer:
             # too: a bad one is a 401, never a silent downgrade to anonymous.
             authn = self._authn.authenticate(credentials, now)
             if isinstance(authn, AuthnFailure):
+                # Our failure, not the client's: a 401 would send every browser to log
+                # in again during a database blip. 403 is what Envoy itself answers
+                # when the PDP fails (`status_on_error`); the cause is in the log.
+                status = 403 if authn.cause in OUR_FAILURES else 401
                 return self._refused(
-                    decision_id, 401, "unauthenticated", action, http, route, authn, resource
+                    decision_id, status, "unauthenticated", action, http, route, authn, resource
                 )
             subject = authn.subject
 

@@ -267,7 +267,7 @@ class RouteTable:
                     node.param = node.param or _Node()
                     node = node.param
                 else:
-                    node = node.literal.setdefault(seg, _Node())
+                    node = node.literal.setdefault(seg.lower(), _Node())
             bucket = node.rest if r.shape and r.shape[-1] == "{*}" else node.here
             for other in bucket:
                 if _overlap(r, other):
@@ -288,9 +288,17 @@ class RouteTable:
         segments = split_path(path)
         if isinstance(segments, str):
             return NoMatch("bad_path", segments)
+        if len(segments) > 1 and segments[-1] == "":
+            # `/docs/42/` is `/docs/42`, as most upstream routers take it: were it a
+            # different path here, a catch-all route would decide it instead.
+            segments.pop()
         labels = host_labels(host)
         found = _walk(self._root, segments, 0, [], method.upper(), labels)
-        return found if found is not None else NoMatch("no_route")
+        if isinstance(found, RouteMatch):
+            return found
+        if found is _NOT_THIS_METHOD:
+            return NoMatch("no_route", f"no route for {method.upper()} on this path")
+        return NoMatch("no_route")
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -320,6 +328,13 @@ def _overlap(a: Route, b: Route) -> bool:
     return a.methods is None or b.methods is None or bool(a.methods & b.methods)
 
 
+class _MethodNotRouted:
+    """The most specific path fits the request, but none of its routes takes the method."""
+
+
+_NOT_THIS_METHOD = _MethodNotRouted()
+
+
 def _walk(
     node: _Node,
     segs: Sequence[str],
@@ -327,16 +342,21 @@ def _walk(
     values: list[str],
     method: str,
     host: Sequence[str],
-) -> RouteMatch | None:
+) -> RouteMatch | _MethodNotRouted | None:
     """Depth-first, literal before `{name}` before `{name*}`; each trie node is visited
-    at most once per request (a node sits at one depth), so this is linear."""
+    at most once per request (a node sits at one depth), so this is linear.
+
+    The search stops at the most specific path whose routes fit the host: if none of
+    them takes the method, the answer is no route, not a less specific path. Falling
+    back would judge `DELETE /admin/x` by whatever catch-all also matches it.
+    """
     if i == len(segs):
         hit = _pick(node.here, values, method, host)
         if hit is not None:
             return hit
     else:
         seg = segs[i]
-        child = node.literal.get(seg)
+        child = node.literal.get(seg.lower())
         if child is not None:
             hit = _walk(child, segs, i + 1, values, method, host)
             if hit is not None:
@@ -354,20 +374,24 @@ def _walk(
 
 def _pick(
     routes: Sequence[Route], values: Sequence[str], method: str, host: Sequence[str]
-) -> RouteMatch | None:
+) -> RouteMatch | _MethodNotRouted | None:
+    """The first route that takes the request; `_NOT_THIS_METHOD` if some fit all but
+    the method."""
+    other_method = False
     for r in routes:
-        if r.methods is not None and method not in r.methods:
-            continue
         params = dict(zip(r.path_names, values, strict=True))
         if r.host is not None:
             from_host = r.host.match(host)
             if from_host is None:
                 continue
             params.update(from_host)
+        if r.methods is not None and method not in r.methods:
+            other_method = True
+            continue
         resource = r.resource(params)
         if resource is not None:
             return RouteMatch(r, MappingProxyType(params), resource)
-    return None
+    return _NOT_THIS_METHOD if other_method else None
 
 
 def split_path(path: str) -> list[str] | str:
@@ -505,6 +529,8 @@ def _route(item: object, i: int, problems: list[str]) -> Route | None:
                 problems.append(
                     f"{at}.path: `{seg}`: a segment is literal text or one `{{name}}`, not both"
                 )
+            elif seg == "" and last and j > 0:
+                pass  # `/docs/` is `/docs`, as requests are matched
             elif seg == "" and not last:
                 problems.append(f"{at}.path: empty segment (`//`)")
             elif seg in (".", ".."):

@@ -234,9 +234,11 @@ def _usable(jwk: Mapping[str, Any], algorithms: Collection[str]) -> tuple[dict[s
 class JwksCache:
     """A `KeySource` over a fetch function, with TTL, refresh on unknown kid, rate limit.
 
-    Thread-safe. Readers take the current set without locking (one reference read);
-    fetching is serialised, and a thread that waited for another's fetch uses its
-    result rather than fetching again.
+    Thread-safe. Readers take the current set without locking (one reference read).
+    Only the very first load makes callers wait for a fetch; afterwards a fetch never
+    holds up a request that the current set can answer: an expired set is refreshed in
+    the background, and a token with an unknown `kid` waits only if no other fetch is
+    under way (else it is judged on the current set).
     """
 
     def __init__(
@@ -249,6 +251,7 @@ class JwksCache:
         max_stale: float = 86400.0,
         clock: Callable[[], float] = time.monotonic,
         name: str = "JWKS",
+        spawn: Callable[[Callable[[], object]], None] | None = None,
     ) -> None:
         bad = set(algorithms) - SUPPORTED_ALGORITHMS
         if bad:
@@ -260,6 +263,8 @@ class JwksCache:
         self._max_stale = max_stale
         self._clock = clock
         self._name = name
+        # How a background refresh is run: a daemon thread; tests run it inline.
+        self._spawn = spawn or _daemon_thread
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
         self._loaded_at = 0.0
@@ -270,8 +275,10 @@ class JwksCache:
     def key(self, kid: str | None, alg: str) -> PyJWK | None:
         now = self._clock()
         keys = self._keys
-        if keys is None or now - self._loaded_at >= self._ttl:
-            keys = self._refresh(now)
+        if keys is None:
+            keys = self._refresh(now, wait=True)
+        elif now - self._loaded_at >= self._ttl and not self._lock.locked():
+            self._spawn(lambda: self._refresh(now, wait=False))
         if keys is None:
             raise JwksError(f"{self._name}: no key set loaded ({self.last_error or 'not yet'})")
         if now - self._loaded_at > self._max_stale:
@@ -279,14 +286,19 @@ class JwksCache:
         found = keys.find(kid, alg)
         if found is None:
             # Maybe the issuer rotated keys since we fetched: look again, rate-limited.
-            refreshed = self._refresh(now)
+            refreshed = self._refresh(now, wait=False)
             if refreshed is not None and refreshed is not keys:
                 found = refreshed.find(kid, alg)
         return found
 
-    def _refresh(self, now: float) -> KeySet | None:
-        """Fetch now unless an attempt was made in the last `min_refresh_interval`."""
-        with self._lock:
+    def _refresh(self, now: float, *, wait: bool) -> KeySet | None:
+        """Fetch now unless an attempt was made in the last `min_refresh_interval`.
+
+        `wait=False`: if another thread is fetching, return the current set at once.
+        """
+        if not self._lock.acquire(blocking=wait):
+            return self._keys
+        try:
             if self._attempted_at is not None and now - self._attempted_at < self._min_interval:
                 return self._keys
             self._attempted_at = now
@@ -303,3 +315,9 @@ class JwksCache:
             self._loaded_at = now
             self.last_error = ""
             return keys
+        finally:
+            self._lock.release()
+
+
+def _daemon_thread(job: Callable[[], object]) -> None:
+    threading.Thread(target=job, name="jwks-refresh", daemon=True).start()

@@ -8,8 +8,9 @@ log, and is what `pdp sessions revoke` takes.
 
 Lifetime: an absolute expiry (`expires_at`) and an idle timeout. Each successful use
 renews the idle deadline (rolling), but the renewal is written at most once per
-`renew_after`, so that reading a page is not a database write; the idle timeout is
-therefore honoured to within `renew_after`. Renewal never extends past `expires_at`.
+`renew_after` (or half the idle timeout, when that is shorter), so that reading a
+page is not a database write; the idle timeout is therefore honoured to within that.
+Renewal never extends past `expires_at`.
 
 No timing oracle: a malformed id, an unknown id and a known one cost the same hash
 and the same constant-time comparison (against a dummy when there is no record)
@@ -295,7 +296,9 @@ class SessionResolver:
         if now >= record.last_seen_at + idle:
             return AuthnFailure(Cause.SESSION_IDLE, self.kind, handle)
         last_seen = record.last_seen_at
-        if now - last_seen >= self._renew_after:
+        # Renew at half the idle timeout at the latest: with a short idle timeout and a
+        # longer `renew_after`, a user active all along would otherwise time out.
+        if now - last_seen >= min(self._renew_after, idle / 2):
             try:
                 self._repo.touch(id_hash, now)
                 last_seen = now

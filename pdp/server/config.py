@@ -195,6 +195,13 @@ def _positive_number(v: object) -> float:
     return float(v)
 
 
+def _refresh_interval(v: object) -> float:
+    # Below a second, tokens with made-up `kid`s would make the PDP hammer the issuer.
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 1:
+        raise ValueError("must be a number of seconds, 1 or more")
+    return float(v)
+
+
 def _bool(v: object) -> bool:
     if not isinstance(v, bool):
         raise ValueError("must be true or false")
@@ -603,7 +610,7 @@ KEYS: tuple[Key, ...] = (
     ),
     Key(
         "identity.jwt.jwks_min_refresh",
-        _non_negative_number,
+        _refresh_interval,
         "identity.jwt.jwks_min_refresh",
         "at most one fetch per this many seconds (unknown kids trigger one)",
         "float",

@@ -36,7 +36,7 @@ from envoy.service.auth.v3 import (  # type: ignore[import-untyped]
 
 from pdp.audit.record import build_record
 from pdp.audit.recorder import Recorder
-from pdp.engine.decision import Decision
+from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Request
 from pdp.envoy.authorize import CheckOutcome, EnvoyAuthorizer, EnvoySettings
 from pdp.envoy.responses import deny
@@ -110,12 +110,14 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
             context.set_details("this caller's certificate is not in tls.allowed_callers")
             return external_auth_pb2.CheckResponse()
         decision_id = ""
+        recorded = False
         try:
             outcome = self._authorizer(snap.routes).check(
                 request, _decider(snap), datetime.now(UTC)
             )
             decision_id = outcome.decision_id
             if self._recorder is not None:
+                recorded = True  # tried: a failure of the recorder is handled below
                 why = self._record(snap, outcome, context, started)
                 if why is not None:
                     log.error(
@@ -129,12 +131,41 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
                         decision_header=self._settings.decision_header,
                     )
             return outcome.response
-        except Exception:
+        except Exception as exc:
             decision_id = decision_id or new_decision_id()
             log.exception("internal error answering Envoy check %s", decision_id)
+            if self._recorder is not None and not recorded:
+                self._record_internal_error(snap, decision_id, exc, context, started)
             return deny(
                 403, decision_id=decision_id, decision_header=self._settings.decision_header
             )
+
+    def _record_internal_error(
+        self,
+        snap: Snapshot,
+        decision_id: str,
+        exc: Exception,
+        context: grpc.ServicerContext,
+        started: int,
+    ) -> None:
+        """The deny an internal error caused goes on record too, with its cause."""
+        recorder = self._recorder
+        assert recorder is not None
+        diag = Diagnostic("internal_error", f"internal error: {type(exc).__name__}")
+        try:
+            record = build_record(
+                Decision("", False, (), (diag,), snap.policy.version),
+                None,
+                decision_id=decision_id,
+                caller=context.peer(),
+                latency_us=(time.perf_counter_ns() - started) // 1000,
+                policy=snap.policy,
+                config=recorder.config,
+                http={"status": 403},
+            )
+            recorder.record([record])
+        except Exception:  # already answering a deny; the log has the first error
+            log.exception("audit record of internal error %s failed", decision_id)
 
     def _authorizer(self, routes: RouteTable) -> EnvoyAuthorizer:
         current = self._current

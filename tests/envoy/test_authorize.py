@@ -19,6 +19,7 @@ from pdp.engine.bindings import Bindings, RoleBinding
 from pdp.engine.decision import Decision
 from pdp.engine.request import Request
 from pdp.envoy.authorize import CheckOutcome, EnvoyAuthorizer, EnvoySettings, header_values
+from pdp.envoy.responses import FORBIDDEN_BODY
 from pdp.envoy.routes import parse_routes
 from pdp.evaluation import evaluate
 from pdp.identity.apikeys import ApiKeyResolver, ApiKeys, KeyHasher, MemoryApiKeys, generate_key
@@ -432,6 +433,21 @@ def test_an_error_while_deciding_is_a_403(world: World, caplog: pytest.LogCaptur
     out = world.check("GET", DOC, bearer(token()), decide=broken)
     assert out.status == 403 and out.cause == "internal_error"
     assert "internal error" in caplog.text
+
+
+def test_a_credential_store_outage_is_a_403_not_a_401(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = world.keys.create("service", "billing", now=NOW).key
+
+    def down(*_: Any) -> Any:
+        raise OSError("database is down")
+
+    monkeypatch.setattr(MemoryApiKeys, "get", down)
+    out = world.check("GET", DOC, api_key(key))
+    # A 401 would make clients drop their credentials; the cause goes to the log only.
+    assert out.status == 403 and out.cause == "store_unavailable"
+    assert out.response.denied_response.body == FORBIDDEN_BODY
 
 
 def test_too_many_query_parameters_is_a_bad_request(world: World) -> None:

@@ -105,9 +105,45 @@ def test_a_literal_segment_beats_a_named_one(table: RouteTable) -> None:
     assert match(table, "GET", "/tenants/acme/documents/search").route.name == "documents.search"
 
 
-def test_a_less_specific_path_serves_a_method_the_literal_route_lacks(table: RouteTable) -> None:
-    m = match(table, "PUT", "/tenants/acme/documents/search")
-    assert m.route.name == "documents.update" and m.resource.id == "search"
+def test_a_method_the_most_specific_path_lacks_is_no_route_not_a_fallback(
+    table: RouteTable,
+) -> None:
+    # `documents.update` would take PUT on `{id}`, but the literal path is more specific.
+    assert table.match("PUT", "docs.example.com", "/tenants/acme/documents/search") == NoMatch(
+        "no_route", "no route for PUT on this path"
+    )
+
+
+def test_a_catch_all_never_decides_what_a_specific_route_refuses() -> None:
+    t = parse_routes(
+        """
+routes:
+  - {name: admin, methods: [GET], path: "/admin/{p*}", action: administer,
+     resource: {type: admin, id: "{p}"}}
+  - {name: docs, methods: [GET], path: "/documents/{id}", action: read,
+     resource: {type: document, id: "{id}"}}
+  - {name: pages, path: "/{page*}", action: view, resource: {type: page, id: "{page}"},
+     authentication: optional}
+""",
+        "routes.yaml",
+    )
+    assert isinstance(t.match("DELETE", "h", "/admin/users/1"), NoMatch)
+    # Case and a trailing slash do not make a different path (most routers agree).
+    for path in ("/documents/1/", "/Documents/1", "/DOCUMENTS/1/"):
+        m = t.match("GET", "h", path)
+        assert isinstance(m, RouteMatch) and m.route.name == "docs", path
+        assert m.resource.id == "1"
+    m = t.match("GET", "h", "/about/Team")
+    assert isinstance(m, RouteMatch) and m.route.name == "pages"
+    assert m.resource.id == "about/Team"  # captured values keep their case
+
+
+def test_a_route_path_with_a_trailing_slash_is_the_same_path() -> None:
+    t = parse_routes(
+        'routes: [{path: "/docs/", action: list, resource: {type: docs, id: all}}]', "r.yaml"
+    )
+    for path in ("/docs", "/docs/"):
+        assert isinstance(t.match("GET", "h", path), RouteMatch), path
 
 
 def test_ancestors_and_the_rest_of_a_path(table: RouteTable) -> None:
@@ -136,14 +172,14 @@ def test_hosts_most_specific_first(table: RouteTable) -> None:
     [
         ("DELETE", "/tenants/acme/documents/42"),  # no route for the method
         ("GET", "/tenants/acme/documents"),
-        ("GET", "/tenants/acme/documents/42/"),  # a trailing slash is a segment
         ("GET", "/tenants/acme/documents/42/extra"),
         ("GET", "/nothing"),
         ("POST", "/"),
     ],
 )
 def test_unmatched_requests(table: RouteTable, method: str, path: str) -> None:
-    assert table.match(method, "docs.example.com", path) == NoMatch("no_route")
+    result = table.match(method, "docs.example.com", path)
+    assert isinstance(result, NoMatch) and result.cause == "no_route", result
 
 
 @pytest.mark.parametrize(

@@ -192,7 +192,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "identity.jwt.audiences": [AUDIENCE],
             "identity.jwt.algorithms": ["RS256"],
             "identity.jwt.jwks_url": f"http://127.0.0.1:{http.server_port}/jwks.json",
-            "identity.jwt.jwks_min_refresh": 0,
+            "identity.jwt.jwks_min_refresh": 1,
             "identity.jwt.revocation_refresh": 0.1,
             "identity.jwt.properties": {"tenant": "tenant"},
             "identity.apikeys.enabled": True,
@@ -422,6 +422,22 @@ def test_unmatched_routes_and_bad_paths_are_403_after_authentication(
     assert [d.code for d in rec.diagnostics] == ["bad_path"]
     rec = records[anonymous[1]["x-pdp-decision-id"]]
     assert rec.authn == {"result": "failed", "cause": "no_credential"}
+
+
+def test_an_internal_error_is_a_generic_403_and_on_record(
+    world: World, creds: dict[str, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr("pdp.envoy.authorize.EnvoyAuthorizer.check", broken)
+    status, headers, body, resp = world.check("GET", DOC, creds["apikey ok"])
+    assert (status, body) == (403, FORBIDDEN_BODY) and "secret" not in str(resp)
+    rec = world.records()[headers["x-pdp-decision-id"]]
+    assert not rec.allowed
+    assert [(d.code, d.message) for d in rec.diagnostics] == [
+        ("internal_error", "internal error: RuntimeError")
+    ]
 
 
 def test_anonymous_route_and_source_address_in_context(

@@ -102,7 +102,36 @@ def cache(src: Source, clock: Clock, **kw: float) -> JwksCache:
         min_refresh_interval=kw.get("min_refresh_interval", 30),
         max_stale=kw.get("max_stale", 3600),
         clock=clock,
+        spawn=lambda job: job(),  # the background refresh, run inline: deterministic
     )
+
+
+def test_a_slow_refresh_never_holds_up_a_key_the_current_set_has() -> None:
+    release, started, finished = threading.Event(), threading.Event(), threading.Event()
+    body = jwks(public_jwk(rsa_key(), "k"))
+    calls = 0
+
+    def fetch() -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # the refresh after the ttl: the issuer is slow
+            started.set()
+            release.wait(10)
+            finished.set()
+        return body
+
+    clock = Clock()
+    c = JwksCache(fetch, algorithms=("RS256",), ttl=300, min_refresh_interval=30, clock=clock)
+    assert c.key("k", "RS256") is not None  # the first load waits: nothing to use yet
+    clock.t = 301
+    assert c.key("k", "RS256") is not None  # starts the refresh in the background
+    assert started.wait(5)
+    for _ in range(5):  # while it hangs, known keys answer and unknown kids do not wait
+        assert c.key("k", "RS256") is not None
+        assert c.key("other", "RS256") is None
+    assert not finished.is_set()  # all of the above ran while the fetch was hanging
+    release.set()
+    assert finished.wait(5)
 
 
 def test_the_set_is_fetched_once_and_again_after_its_ttl() -> None:

@@ -77,6 +77,18 @@ def test_use_renews_the_idle_deadline_at_most_once_per_renew_after() -> None:
     assert repo.get(session_hash(sid)).last_seen_at == t  # type: ignore[union-attr]
 
 
+def test_a_short_idle_timeout_is_renewed_before_it_runs_out() -> None:
+    # renew_after is a minute; an idle timeout of 30 s must still roll for active users.
+    s, resolver, repo = setup()
+    sid, _ = login(s, idle=timedelta(seconds=30))
+    t = NOW
+    for _ in range(6):  # used every 20 seconds: never idle
+        t += timedelta(seconds=20)
+        assert isinstance(resolver.resolve(sid, t), Identity), t - NOW
+    assert repo.get(session_hash(sid)).last_seen_at == t  # type: ignore[union-attr]
+    assert cause(resolver.resolve(sid, t + timedelta(seconds=30))) is Cause.SESSION_IDLE
+
+
 def test_an_idle_session_fails_as_idle() -> None:
     s, resolver, _ = setup()
     sid, _ = login(s)

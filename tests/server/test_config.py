@@ -175,6 +175,11 @@ def test_envoy_and_identity_settings(tmp_path: Path) -> None:
             "give exactly one place",
         ),
         (("leeway = 10", "leeway = 900"), {}, "identity.jwt.leeway: must be at most 300"),
+        (
+            ("leeway = 10", "jwks_min_refresh = 0"),
+            {},
+            "identity.jwt.jwks_min_refresh: must be a number of seconds, 1 or more",
+        ),
         (('cookie = "sid"', 'cookie = "a b"'), {}, "identity.sessions.cookie: must be a cookie"),
         (
             ('remove_headers = ["Authorization", "x-api-key"]', 'remove_headers = [":path"]'),
