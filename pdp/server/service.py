@@ -273,6 +273,17 @@ class DecisionService:
         if isinstance(authn, Identity):
             attrs = {**attrs, "authn": authn.context()}
         response = pb.ListActionsResponse(policy_version=snap.policy.version)
+        if isinstance(authn, AuthnFailure):
+            # Refused before anything else: an unauthenticated caller learns nothing,
+            # not even whether the resource type exists. One record says who failed.
+            asked = (resource.type, resource.id) if isinstance(resource, Resource) else None
+            refused: list[Request | _Invalid] = [
+                _Invalid(PUBLIC_MESSAGE, "", "unauthenticated", asked)
+            ]
+            response.decisions.extend(
+                self._decide(snap, refused, None, context, started, _audit_of(authn))
+            )
+            return response
         for part in (subject, resource):
             if isinstance(part, InputError):
                 response.diagnostics.append(_diag("invalid_request", str(part)))
@@ -287,8 +298,6 @@ class DecisionService:
         items: list[Request | _Invalid] = [
             Request(subject, Action(a), resource, attrs, now) for a in declared
         ]
-        if isinstance(authn, AuthnFailure):
-            items = _with_authn(items, authn)
         decisions = self._decide(snap, items, None, context, started, _audit_of(authn))
         response.decisions.extend(decisions)
         response.allowed.extend(d.action for d in decisions if d.decision)

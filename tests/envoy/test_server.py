@@ -551,6 +551,21 @@ def test_pdp_v1_evaluations_and_list_actions_take_a_credential(
     )
     la.resource.properties.update({"tenant": "acme"})
     assert list(world.pdp.ListActions(la, timeout=10).allowed) == ["read"]
+    # A failed credential is refused first: not even the resource type is judged.
+    for rtype in ("document", "no_such_type"):
+        bad = pb.ListActionsRequest(
+            resource=pb.Resource(type=rtype, id="1"),
+            credential=pb.Credential(api_key=creds["apikey unknown"][0][1]),
+        )
+        resp = world.pdp.ListActions(bad, timeout=10)
+        assert not resp.allowed and not resp.diagnostics
+        [d] = resp.decisions
+        assert [(x.code, x.message) for x in d.diagnostics] == [
+            ("unauthenticated", "authentication required")
+        ]
+        rec = world.records()[d.decision_id]
+        assert rec.authn is not None and rec.authn["cause"] == "key_unknown"
+        assert rec.resource == f"{rtype}/1"
 
 
 # --- the review commands see the new sections -------------------------------------------
