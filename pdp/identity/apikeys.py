@@ -347,6 +347,9 @@ class ApiKeyResolver:
         self._repo = repo
         self._hasher = hasher
         self._touch_every = touch_every
+        # prefix → time of a last-used write that failed (read-only replica, locked file);
+        # bounded: only keys that authenticated get here, and a success removes them.
+        self._touch_failed: dict[str, datetime] = {}
         # Compared against when there is no record; random, so it matches nothing.
         self._dummy = secrets.token_bytes(32)
 
@@ -376,10 +379,16 @@ class ApiKeyResolver:
             cause = Cause.KEY_ROTATED if record.rotated_to else Cause.KEY_EXPIRED
             detail = f"replaced by {display(record.rotated_to)}" if record.rotated_to else ""
             return AuthnFailure(cause, self.kind, prefix, detail)
-        if record.last_used_at is None or now - record.last_used_at >= self._touch_every:
+        last = record.last_used_at
+        tried = self._touch_failed.get(prefix)
+        if tried is not None and (last is None or tried > last):
+            last = tried  # a write that failed is not retried on every request either
+        if last is None or now - last >= self._touch_every:
             try:
                 self._repo.touch(prefix, now)
+                self._touch_failed.pop(prefix, None)
             except Exception:  # last-used is informational: never fail a request on it
+                self._touch_failed[prefix] = now
                 log.warning("could not record the last use of API key %s", prefix, exc_info=True)
         return Identity(
             Subject(record.subject_type, record.subject_id),

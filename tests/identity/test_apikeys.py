@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -223,6 +223,29 @@ def test_a_failing_last_use_write_does_not_fail_the_request() -> None:
     keys = ApiKeys(repo, KeyHasher(PEPPER))
     issued = keys.create("service", "a", now=NOW)
     assert isinstance(ApiKeyResolver(repo, KeyHasher(PEPPER)).resolve(issued.key, NOW), Identity)
+
+
+def test_a_failing_last_use_write_is_retried_once_per_interval_not_per_request() -> None:
+    class Flaky(MemoryApiKeys):
+        fail = True
+        attempts = 0
+
+        def touch(self, prefix: str, at: datetime) -> None:
+            self.attempts += 1
+            if self.fail:
+                raise ConnectionError("database is locked")
+            super().touch(prefix, at)
+
+    repo = Flaky()
+    issued = ApiKeys(repo, KeyHasher(PEPPER)).create("service", "a", now=NOW)
+    resolver = ApiKeyResolver(repo, KeyHasher(PEPPER))
+    for s in range(0, 60, 5):  # twelve requests within a minute: one attempt
+        assert isinstance(resolver.resolve(issued.key, NOW + timedelta(seconds=s)), Identity)
+    assert repo.attempts == 1
+    repo.fail = False
+    resolver.resolve(issued.key, NOW + timedelta(seconds=61))  # the next interval: again
+    assert repo.attempts == 2
+    assert repo.get(issued.record.prefix).last_used_at == NOW + timedelta(seconds=61)  # type: ignore[union-attr]
 
 
 # --- no timing oracle: the same work whatever the failure ----------------------------------
