@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
-MAX_HEADERS = 256  # more header lines than this and the rest are ignored
+MAX_HEADERS = 256  # more header lines than this: the request is refused (`bad_request`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,9 @@ class HttpRequest:
     source: Peer = field(default_factory=Peer)
     destination: Peer = field(default_factory=Peer)
     extensions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # More than MAX_HEADERS header lines: only the first were read, and judging a
+    # request on part of its headers is guessing, so it is refused.
+    too_many_headers: bool = False
 
     def header(self, name: str) -> str | None:
         """All values of a header joined with `, ` (as HTTP does), or None."""
@@ -117,6 +120,7 @@ def from_check_request(msg: Any) -> HttpRequest:
         source=_peer(attrs.source),
         destination=_peer(attrs.destination),
         extensions=MappingProxyType({str(k): str(v) for k, v in attrs.context_extensions.items()}),
+        too_many_headers=count > MAX_HEADERS,
     )
 
 

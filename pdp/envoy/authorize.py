@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl
 
 from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Action, Request, Resource, Subject
-from pdp.envoy.attributes import HttpRequest, from_check_request
+from pdp.envoy.attributes import MAX_HEADERS, HttpRequest, from_check_request
 from pdp.envoy.responses import DECISION_HEADER, SUBJECT_HEADER, allow, deny
 from pdp.envoy.routes import NoMatch, Route, RouteMatch, RouteTable
 from pdp.identity.http import CredentialLocations, credentials_from_headers
@@ -157,6 +157,10 @@ class EnvoyAuthorizer:
         except Exception:
             log.exception("unreadable CheckRequest (decision %s)", decision_id)
             return self._refused(decision_id, 403, "internal_error", "", None)
+        if http.too_many_headers:
+            return self._refused(
+                decision_id, 403, "bad_request", "", http, note=f"over {MAX_HEADERS} headers"
+            )
         match = self._routes.match(http.method, http.host, http.path)
         route = match.route if isinstance(match, RouteMatch) else None
         resource = match.resource if isinstance(match, RouteMatch) else None

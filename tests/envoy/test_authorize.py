@@ -26,6 +26,7 @@ from pdp.identity.apikeys import ApiKeyResolver, ApiKeys, KeyHasher, MemoryApiKe
 from pdp.identity.jwks import JwksCache
 from pdp.identity.jwt import JwtResolver, JwtSettings, MemoryRevocations
 from pdp.identity.resolver import Authenticator
+from pdp.identity.result import Identity
 from pdp.identity.sessions import MemorySessions, SessionResolver, Sessions, new_session_id
 from tests.envoy.support import check_request
 from tests.helpers import compile_text
@@ -454,6 +455,14 @@ def test_too_many_query_parameters_is_a_bad_request(world: World) -> None:
     query = "&".join(f"p{i}=1" for i in range(200))
     out = world.check("GET", f"{DOC}?{query}", bearer(token()))
     assert out.status == 403 and out.cause == "bad_request"
+
+
+@ENCODINGS
+def test_too_many_headers_is_a_bad_request_not_a_partial_read(world: World, encoding: str) -> None:
+    padding = [(f"x-pad-{i}", "1") for i in range(300)]
+    out = world.check("GET", DOC, [*padding, *bearer(token())], encoding=encoding)
+    assert out.status == 403 and out.cause == "bad_request"
+    assert isinstance(world.check("GET", DOC, [*padding[:200], *bearer(token())]).authn, Identity)
 
 
 @pytest.mark.parametrize(
