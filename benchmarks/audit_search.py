@@ -455,6 +455,11 @@ def drop() -> None:
     shutil.rmtree(DATA_DIR, ignore_errors=True)
 
 
+def _size(n: int) -> str:
+    """`10M`, or `100k` for the smaller sizes `make bench` uses."""
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1_000}k"
+
+
 def main(argv: list[str] | None = None) -> Outcome:
     parser = argparse.ArgumentParser(description="audit log search benchmark")
     parser.add_argument("--sizes", default="1000000,10000000", help="PostgreSQL sizes")
@@ -471,13 +476,13 @@ def main(argv: list[str] | None = None) -> Outcome:
     results: dict[str, list[Row]] = {}
     sizes: dict[str, str] = {}
     for n, rows in bench_pg(pg_sizes).items():
-        results[f"PostgreSQL {n // 1_000_000}M"] = rows
-        sizes[f"PostgreSQL {n // 1_000_000}M"] = f"{n:,} records, indexed"
+        results[f"PostgreSQL {_size(n)}"] = rows
+        sizes[f"PostgreSQL {_size(n)}"] = f"{n:,} records, indexed"
     for n, rows in bench_sqlite(lite_sizes).items():
-        results[f"SQLite {n // 1_000_000}M"] = rows
-        sizes[f"SQLite {n // 1_000_000}M"] = f"{n:,} records, indexed"
+        results[f"SQLite {_size(n)}"] = rows
+        sizes[f"SQLite {_size(n)}"] = f"{n:,} records, indexed"
     if args.jsonl_size:
-        label = f"file log {args.jsonl_size // 1_000_000}M"
+        label = f"file log {_size(args.jsonl_size)}"
         results[label] = bench_jsonl(args.jsonl_size)
         sizes[label] = f"{args.jsonl_size:,} records, read by scanning (no index)"
     text_ = report(results, sizes)

@@ -164,13 +164,17 @@ def cpu_ratio(num: list[Result], den: list[Result]) -> float:
 
 
 WHERE = (
-    "Where the cost goes (profiled, and by taking parts away in-process): building and "
-    "sealing a record takes about 10 µs of CPU, writing it 1–2 µs. The rest is CPython "
-    "threads. Buffered, the writer thread competes with the gRPC threads for the GIL. "
-    "Durable, a call holds its gRPC handler thread until its batch is on disk: a "
-    "handler that only sleeps 0.3 ms, with no audit work at all, already costs this "
-    "server about 15% of its throughput, and handing the batch between threads adds to "
-    "that. The ratios vary by ±7 points between runs on this shared box."
+    "Where the cost goes (profiled, and by taking parts away in-process): the call "
+    "thread now only queues a `RecordDraft` (~2 µs); the writer builds each record once, "
+    "in its place in the chain (`seal_draft`: no second frozen copy, which cost as much "
+    "as building it), and serialises it with one f-string. That work, 15–20 µs per "
+    "record on this box when measured alone, is still CPU under the same GIL: with the "
+    "gRPC threads running it measures about twice that, and it is most of what "
+    "`buffered` costs. Durable adds, per call, a wait on the group commit (a lock and a "
+    "GIL hand-off each way; the writer now takes its lock once per batch for counters "
+    "and tickets, and a finished ticket returns without it) and, with few calls in "
+    "flight, an `O_DSYNC` write for every 4–8 records, whose kernel CPU is counted too. "
+    "The ratios vary by ±7 points between runs on this shared box."
 )
 
 

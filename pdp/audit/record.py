@@ -220,49 +220,52 @@ def canonical_body(r: DecisionRecord, chain: str, seq: int, prev: str) -> str:
     for any record.
     """
     s = _json_str
-    parts = ['{"action":{"name":', s(r.action)]
-    if r.action_properties is not None:
-        parts += [',"properties":', _ENCODER.encode(r.action_properties)]
-    parts.append("}")
-    if r.authn is not None:
-        parts += [',"authn":', _ENCODER.encode(r.authn)]
-    parts += [',"bindings_version":', s(r.bindings_version), ',"caller":', s(r.caller)]
-    parts += [',"chain":', s(chain)]
-    if r.context is not None:
-        parts += [',"context":', _ENCODER.encode(r.context)]
-    parts += [',"decision":"allow"' if r.allowed else ',"decision":"deny"']
-    parts += [',"decision_id":', s(r.decision_id), ',"diagnostics":[']
-    parts.append(
+    enc = _ENCODER.encode
+    # One f-string (a single BUILD_STRING) rather than a list of parts: this runs for
+    # every record, and most records have none of the optional sections.
+    action_props = (
+        "" if r.action_properties is None else f',"properties":{enc(r.action_properties)}'
+    )
+    authn = "" if r.authn is None else f',"authn":{enc(r.authn)}'
+    context = "" if r.context is None else f',"context":{enc(r.context)}'
+    http = "" if r.http is None else f',"http":{enc(r.http)}'
+    ancestors = (
+        ""
+        if r.resource_ancestors is None
+        else f'"ancestors":[{",".join(map(s, r.resource_ancestors))}],'
+    )
+    resource_props = (
+        "" if r.resource_properties is None else f',"properties":{enc(r.resource_properties)}'
+    )
+    subject_props = (
+        "" if r.subject_properties is None else f',"properties":{enc(r.subject_properties)}'
+    )
+    diagnostics = (
         ",".join(
             f'{{"code":{s(d.code)},"message":{s(d.message)},"rule_id":'
             f"{s(d.rule_id) if d.rule_id is not None else 'null'}}}"
             for d in r.diagnostics
         )
+        if r.diagnostics
+        else ""
     )
-    parts.append("]")
-    if r.http is not None:
-        parts += [',"http":', _ENCODER.encode(r.http)]
-    parts += [',"latency_us":', str(int(r.latency_us)), ',"policy_version":']
-    parts += [s(r.policy_version), ',"prev":', s(prev), ',"reasons":[']
-    parts.append(
-        ",".join(
-            f'{{"at":{s(x.at) if x.at is not None else "null"},"rule":{s(x.rule)}}}'
-            for x in r.reasons
-        )
+    reasons = ",".join(
+        f'{{"at":{s(x.at) if x.at is not None else "null"},"rule":{s(x.rule)}}}' for x in r.reasons
     )
-    parts.append('],"resource":{')
-    if r.resource_ancestors is not None:
-        parts += ['"ancestors":[', ",".join(s(a) for a in r.resource_ancestors), "],"]
-    parts += ['"id":', s(r.resource_id)]
-    if r.resource_properties is not None:
-        parts += [',"properties":', _ENCODER.encode(r.resource_properties)]
-    parts += [',"type":', s(r.resource_type), '},"seq":', str(int(seq)), ',"subject":{"id":']
-    parts.append(s(r.subject_id))
-    if r.subject_properties is not None:
-        parts += [',"properties":', _ENCODER.encode(r.subject_properties)]
-    parts += [',"roles":[', ",".join(s(x) for x in r.roles), '],"type":', s(r.subject_type)]
-    parts += ['},"time":"', format_time(r.time_us), '","v":', str(int(r.v)), "}"]
-    return "".join(parts)
+    decision = '"allow"' if r.allowed else '"deny"'
+    return (
+        f'{{"action":{{"name":{s(r.action)}{action_props}}}{authn}'
+        f',"bindings_version":{s(r.bindings_version)},"caller":{s(r.caller)}'
+        f',"chain":{s(chain)}{context},"decision":{decision}'
+        f',"decision_id":{s(r.decision_id)},"diagnostics":[{diagnostics}]{http}'
+        f',"latency_us":{int(r.latency_us)},"policy_version":{s(r.policy_version)}'
+        f',"prev":{s(prev)},"reasons":[{reasons}]'
+        f',"resource":{{{ancestors}"id":{s(r.resource_id)}{resource_props}'
+        f',"type":{s(r.resource_type)}}},"seq":{int(seq)}'
+        f',"subject":{{"id":{s(r.subject_id)}{subject_props}'
+        f',"roles":[{",".join(map(s, r.roles))}],"type":{s(r.subject_type)}}}'
+        f',"time":"{format_time(r.time_us)}","v":{int(r.v)}}}'
+    )
 
 
 def _replace_chain(r: DecisionRecord, chain: str, seq: int, prev: str, h: str) -> DecisionRecord:
@@ -541,7 +544,7 @@ def build_record(
         time_us = to_us(now)
     if policy is not None:
         places = _places(policy)
-        reasons = tuple(Reason(r, places.get(r)) for r in decision.reasons)
+        reasons = tuple([places.get(r) or Reason(r) for r in decision.reasons])
     else:
         reasons = tuple(Reason(r) for r in decision.reasons)
     subject_props = action_props = resource_props = context = None
@@ -643,15 +646,18 @@ class RecordDraft:
         return build_record(self.decision, self.request, **self.kwargs)
 
 
-_places_cache: dict[str, dict[str, str | None]] = {}
+_places_cache: dict[str, dict[str, Reason]] = {}
 _places_lock = threading.Lock()
 
 
-def _places(policy: CompiledPolicySet) -> dict[str, str | None]:
-    """rule id → `file:line` for a policy version, made once (records need it per call)."""
+def _places(policy: CompiledPolicySet) -> dict[str, Reason]:
+    """rule id → its `Reason` (with `file:line`) for a policy version, made once.
+
+    Records need them on every call; a `Reason` is immutable, so all records share one.
+    """
     places = _places_cache.get(policy.version)
     if places is None:
-        places = {rule: policy.rule_location(rule) for rule in policy.rules}
+        places = {rule: Reason(rule, policy.rule_location(rule)) for rule in policy.rules}
         with _places_lock:
             if len(_places_cache) >= 8:  # versions come and go with reloads: keep a few
                 _places_cache.pop(next(iter(_places_cache)))
