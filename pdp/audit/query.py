@@ -159,18 +159,29 @@ def parse_time_expr(text: str, now: datetime | None = None, *, option: str = "ti
     """`2h` (that long before now), `now`, or ISO 8601 → microseconds since the epoch."""
     t = text.strip()
     now = now or datetime.now(UTC)
-    if t == "now":
-        return to_us(now)
-    m = _DURATION_RE.match(t)
-    if m:
-        return to_us(now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)]))
     try:
-        return to_us(parse_iso(t.replace("Z", "+00:00") if t.endswith("Z") else t))
+        m = _DURATION_RE.match(t)
+        if t == "now":
+            us = to_us(now)
+        elif m:
+            us = to_us(now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)]))
+        else:
+            us = to_us(parse_iso(t.replace("Z", "+00:00") if t.endswith("Z") else t))
+    except OverflowError:
+        us = _LAST_US + 1  # out of range, said below
     except ValueError:
         raise QueryError(
             f"{option}: `{text}` is not a time; write a duration back from now (30m, 2h, "
             "7d) or an ISO 8601 time (2026-11-26 or 2026-11-26T12:00:00Z)"
         ) from None
+    if not _FIRST_US <= us <= _LAST_US:
+        raise QueryError(f"{option}: `{text}` is out of range (years 1 to 9999, in UTC)")
+    return us
+
+
+# Times must stay printable as ISO 8601 in UTC (a zone can push 9999-12-31 past it).
+_FIRST_US = to_us(datetime(1, 1, 2, tzinfo=UTC))
+_LAST_US = to_us(datetime(9999, 12, 30, tzinfo=UTC))
 
 
 def make_filter(

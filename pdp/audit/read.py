@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from pdp.audit.jsonl import Segment, read_blocks, read_lines, segments
 from pdp.audit.query import Filter, Page, Problem, QueryError, Stats
-from pdp.audit.record import DecisionRecord, RecordError, format_time, parse_line
+from pdp.audit.record import DecisionRecord, RecordError, canonical, format_time, parse_line
 from pdp.audit.sink import MemorySink
 
 
@@ -133,7 +133,10 @@ class ScanSource:
             if needles and not all(any(x in raw for x in group) for group in needles):
                 continue
             if timed:
-                at = raw.find(b'"time":"')
+                # The last one: the record's own `time` comes after every section that
+                # may hold a caller's `time` attribute (the canonical form sorts keys,
+                # and only `v` and `hash` follow it).
+                at = raw.rfind(b'"time":"')
                 if at >= 0:
                     t = raw[at + 8 : at + 35]
                     if (
@@ -269,6 +272,12 @@ def _entry(name: str, n: int, line: str) -> Entry:
         record, obj = parse_line(line)
     except RecordError as exc:
         return Entry(where, None, None, f"not a valid record: {exc}")
+    # The hash covers the parsed content; the bytes must also be the canonical text it
+    # was written as. A re-encoded line (`\u` escapes, spaces, other key order) hashes
+    # the same but escapes the byte-level filters of search and show: a way to hide it.
+    body = canonical({k: v for k, v in obj.items() if k != "hash"})
+    if line != f'{body[:-1]},"hash":"{obj.get("hash")}"}}':
+        return Entry(where, record, obj, None, "the line is not in its canonical form")
     return Entry(where, record, obj)
 
 

@@ -397,6 +397,8 @@ def _print_trace(d: Any) -> None:
 
 @_guard
 def run_stats(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        return _usage("--top must be at least 1")
     flt = _filter(args)
     source = _open(args)
     try:

@@ -230,6 +230,31 @@ def test_bad_time_expressions(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("option", "text"),
+    [("since", "99999999999w"), ("since", "800000d"), ("end", "9999-12-31T23:00:00-05:00")],
+)
+def test_times_out_of_range_are_an_error_not_a_traceback(option: str, text: str) -> None:
+    with pytest.raises(QueryError, match=r"is out of range \(years 1 to 9999, in UTC\)"):
+        make_filter(**{option: text}, now=NOW)
+
+
+def test_a_time_inside_the_attributes_does_not_move_the_record(tmp_path: Path) -> None:
+    # The record's own time is what a range selects on, whatever a caller put in
+    # context or subject properties (a key that sorts before it in the line).
+    fake = "1970-01-01T00:00:00.000000Z"
+    hidden = replace(DATA[30], context={"time": fake, "at": {"time": fake}})
+    w = AuditWriter(JsonlSink(tmp_path / "log"), chain="host")
+    w.start()
+    assert w.submit([*DATA[:30], hidden]).wait(10)
+    w.close()
+    src = JsonlSource(tmp_path / "log")
+    lo = hidden.time_us - 1_000_000
+    got = src.search(Filter({}, lo, None), 100).records
+    assert hidden.decision_id in [r.decision_id for r in got]
+    assert src.stats(Filter({}, lo, None)).total == len(got)
+
+
+@pytest.mark.parametrize(
     ("terms", "message"),
     [
         (["colour=red"], "unknown field `colour`; fields: subject, "),

@@ -10,7 +10,7 @@ import pytest
 
 from pdp.audit.query import Filter
 from pdp.audit.read import JsonlSource
-from pdp.audit.record import record_hash
+from pdp.audit.record import canonical, record_hash
 from pdp.audit.verify import ChainReport, describe, verify
 from tests.audit.support import record, us, write_log
 
@@ -64,13 +64,29 @@ def test_an_edited_record_with_its_hash_recomputed(log: Path, tmp_path: Path) ->
     d, lines = copy(log, tmp_path)
     obj = json.loads(lines[4])
     obj["decision"] = "allow"
-    obj["hash"] = record_hash(obj)  # a careful forger
-    lines[4] = json.dumps(obj)
+    obj["hash"] = record_hash(obj)  # a careful forger, who writes the canonical form too
+    body = canonical({k: v for k, v in obj.items() if k != "hash"})
+    lines[4] = f'{body[:-1]},"hash":"{obj["hash"]}"}}'
     save(d, lines)
     c = check(d)
     assert c.first_break is not None and c.first_break.seq == 6
     assert c.first_break.where.endswith("host.jsonl:6")
     assert "does not follow the record before it (seq 5)" in c.first_break.message
+
+
+def test_a_re_encoded_record_is_reported_though_its_content_hashes_the_same(
+    log: Path, tmp_path: Path
+) -> None:
+    # Same content, other bytes (escapes, spaces): it would slip past search and show,
+    # which filter on the bytes first, so verify must not accept it.
+    d, lines = copy(log, tmp_path)
+    obj = json.loads(lines[4])
+    lines[4] = json.dumps(obj, ensure_ascii=True).replace("d-00004", "\\u0064-00004")
+    assert json.loads(lines[4]) == obj
+    save(d, lines)
+    c = check(d)
+    assert c.first_break is not None and c.first_break.seq == 5
+    assert "the line is not in its canonical form" in c.first_break.message
 
 
 def test_a_deleted_record(log: Path, tmp_path: Path) -> None:
