@@ -169,19 +169,13 @@ class DecisionService:
     def _check_failed(self, raw: bytes) -> pb.CheckResponse:
         msg = pb.CheckRequest.FromString(raw)
         version = self._version()
-        return pb.CheckResponse(
-            decisions=[_internal_error(version, a.name, new_decision_id()) for a in msg.actions]
-        )
+        return pb.CheckResponse(decisions=[_internal_error(version, a.name) for a in msg.actions])
 
     def _evaluations_failed(self, raw: bytes) -> pb.EvaluationsResponse:
         msg = pb.EvaluationsRequest.FromString(raw)
         version = self._version()
         out = [
-            _internal_error(
-                version,
-                ev.action.name if ev.HasField("action") else msg.action.name,
-                new_decision_id(),
-            )
+            _internal_error(version, ev.action.name if ev.HasField("action") else msg.action.name)
             for ev in msg.evaluations
         ]
         return pb.EvaluationsResponse(
@@ -476,15 +470,20 @@ class DecisionService:
             ]
             if stop_after is False:
                 decisions = decisions[:1]
+            ids = [new_decision_id() for _ in decisions]
         except Exception:
-            ids = [new_decision_id() for _ in items]
-            log.exception("internal error answering decisions %s", ", ".join(ids))
-            out = [
-                _internal_error(policy.version, _action_of(it), i)
-                for it, i in zip(items, ids, strict=True)
+            # Denies like any other, recorded like any other (with the cause), so that
+            # every decision id a caller holds is in the audit log.
+            decisions = [
+                _deny(policy.version, _action_of(it), "internal_error", INTERNAL_ERROR)
+                for it in items
             ]
-            return out[:1] if stop_after is False else out
-        ids = [new_decision_id() for _ in decisions]
+            if stop_after is False:
+                decisions = decisions[:1]
+            ids = [new_decision_id() for _ in decisions]
+            log.exception("internal error answering decisions %s", ", ".join(ids))
+        else:
+            ids = [new_decision_id() for _ in decisions]
         if self._recorder is not None:
             failure = self._record(
                 snap, items, decisions, ids, bindings_version, context, started, authn
@@ -707,12 +706,16 @@ def _deny(version: str, action: str, code: str, message: str) -> Decision:
     return Decision(action, False, (), (Diagnostic(code, message),), version)
 
 
-def _internal_error(version: str, action: str, decision_id: str) -> pb.Decision:
+INTERNAL_ERROR = "internal error; the server log has the details"
+
+
+def _internal_error(version: str, action: str) -> pb.Decision:
+    # No decision id: this answer comes from outside the decision step, where nothing
+    # is recorded, and an id promises a record.
     return pb.Decision(
         decision=False,
         action=action,
-        diagnostics=[_diag("internal_error", "internal error; the server log has the details")],
-        decision_id=decision_id,
+        diagnostics=[_diag("internal_error", INTERNAL_ERROR)],
         policy_version=version,
     )
 

@@ -173,6 +173,22 @@ def test_show_re_derives_a_served_decision(
     assert "re-derived: deny (matches the record)" in out and "doc.tenant" in out
 
 
+def test_an_internal_error_is_a_recorded_deny(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = serve()
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("pdp.server.service.evaluate", broken)
+    ds = s.client.check_actions(ALICE, ["read", "write"], DOC)
+    assert [d.allowed for d in ds] == [False, False]
+    records = s.records()
+    for d in ds:  # every decision id the caller holds is on record, with the cause
+        rec = records[d.decision_id]
+        assert not rec.allowed and rec.resource == f"{DOC['type']}/{DOC['id']}"
+        assert [x.code for x in rec.diagnostics] == ["internal_error"]
+
+
 def test_buffered_answers_without_waiting_and_writes_soon(serve: Any) -> None:
     s = serve(**{"audit.mode": "buffered", "audit.flush_interval": 0.05})
     ids = [s.client.check(ALICE, "read", DOC).decision_id for _ in range(20)]
