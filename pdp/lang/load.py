@@ -62,14 +62,27 @@ def discover(paths: Iterable[str | Path]) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     for p in map(Path, paths):
         if p.is_dir():
-            for f in sorted(p.rglob(f"*{POLICY_SUFFIX}")):
-                if f.is_file():
-                    found[f.relative_to(p).as_posix()] = f.read_bytes()
+            for f in visible_files(p, POLICY_SUFFIX):
+                found[f.relative_to(p).as_posix()] = f.read_bytes()
         elif p.is_file():
             found[p.as_posix()] = p.read_bytes()
         else:
             raise FileNotFoundError(f"no such file or directory: {p}")
     return found
+
+
+def visible_files(root: Path, suffix: str) -> list[Path]:
+    """Files under `root` ending in `suffix`, sorted, skipping hidden files and directories.
+
+    Hidden entries are editors' lock and backup files, version-control data, and the
+    `..data` / `..2026_...` directories of a Kubernetes ConfigMap mount, whose files are
+    also linked at the top: read both and every declaration would appear twice.
+    """
+    return sorted(
+        f
+        for f in root.rglob(f"*{suffix}")
+        if not any(part.startswith(".") for part in f.relative_to(root).parts) and f.is_file()
+    )
 
 
 def load_paths(paths: Iterable[str | Path], schema: Schema | None = None) -> LoadResult:

@@ -39,7 +39,7 @@ from pdp.engine.compile import CompiledPolicySet, compile_policy_set
 from pdp.engine.request import Request, RequestError, parse_request
 from pdp.evaluation import evaluate
 from pdp.lang.errors import PolicyError, did_you_mean
-from pdp.lang.load import LoadResult, load_paths, load_texts
+from pdp.lang.load import LoadResult, load_paths, load_texts, visible_files
 from pdp.lang.times import to_time
 from pdp.store.document import DocumentError, load_bindings_file, parse_bindings, plain_value
 
@@ -75,7 +75,7 @@ class SuiteError(Exception):
 def discover_suites(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob(f"*{SUITE_SUFFIX}") if p.is_file())
+    return visible_files(root, SUITE_SUFFIX)
 
 
 def run_suites(root: Path, *, bindings_override: RoleSource | None = None) -> list[SuiteResult]:

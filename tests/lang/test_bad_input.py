@@ -63,6 +63,20 @@ def test_an_empty_directory(tmp_path: Path) -> None:
     assert result.policy_set is None
 
 
+def test_a_kubernetes_configmap_mount_loads_each_file_once(tmp_path: Path) -> None:
+    # The layout kubelet makes: files in a timestamped hidden directory, `..data`
+    # pointing at it, and a link per file at the top.
+    real = tmp_path / "..2026_11_27_05_00_00.123"
+    real.mkdir()
+    (real / "docs.pdp").write_text("resource doc {\n  actions read\n  permit any to read\n}\n")
+    (tmp_path / "..data").symlink_to(real.name)
+    (tmp_path / "docs.pdp").symlink_to("..data/docs.pdp")
+    (tmp_path / ".#docs.pdp").symlink_to("emacs@host.1234")  # an editor's lock file
+    result = load_paths([tmp_path])
+    assert result.problems == () and result.policy_set is not None
+    assert list(result.sources) == ["docs.pdp"]
+
+
 def test_a_missing_path_is_reported_clearly(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
         load_paths([tmp_path / "nope"])
