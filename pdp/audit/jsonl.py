@@ -239,7 +239,12 @@ class JsonlSink:
                 ) from None
             self._lock_fd = fd
         self.chain = chain
+        created = not self.active_path.exists()
         self._fd = _open_segment(self.active_path)
+        if created:
+            # The new file's directory entry must be on disk too, or a power loss could
+            # take the file, with records already acknowledged, away with it.
+            _fsync_dir(self.directory)
         self._size = os.fstat(self._fd).st_size
         self._repair()
 

@@ -49,6 +49,9 @@ READABLE_VERSIONS = (1, 2)  # what `from_json` accepts; 1 lacks `authn` and `htt
 GENESIS = "0" * 64  # `prev` of the first record of a chain
 REDACTED = "[redacted]"
 SECTIONS = ("subject", "action", "resource", "context")
+# Sections `audit.redact` may name: `http` is recorded for Envoy checks whenever there
+# is one (its path can hold what `resource.id` redacts), so it can be redacted too.
+REDACTABLE_SECTIONS = (*SECTIONS, "http")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -483,7 +486,7 @@ class AuditConfig:
         tree: dict[str, Any] = {}
         for path in self.redact:
             parts = path.split(".")
-            if parts[0] not in SECTIONS or len(parts) < 2 or not all(parts):
+            if parts[0] not in REDACTABLE_SECTIONS or len(parts) < 2 or not all(parts):
                 raise ConfigError(
                     f"audit.redact: `{path}` is not a field path; write e.g. "
                     "`subject.properties.email` or `context.ip`"
@@ -510,6 +513,7 @@ _REDACTABLE: dict[str, tuple[str, ...]] = {
     "subject": ("id", "properties"),
     "action": ("properties",),
     "resource": ("id", "properties", "ancestors"),
+    "http": ("method", "host", "path", "route", "status"),
 }
 
 NO_ATTRIBUTES = AuditConfig()
@@ -614,8 +618,16 @@ def build_record(
         resource_ancestors=ancestors,
         context=context,
         authn=_plain(authn) if authn is not None else None,
-        http=_plain(http) if http is not None else None,
+        http=_redacted_http(http, config),
     )
+
+
+def _redacted_http(http: Mapping[str, Any] | None, config: AuditConfig) -> dict[str, Any] | None:
+    if http is None:
+        return None
+    out = _plain(http)
+    tree = config.redacts("http") if config.redact else None
+    return _redact(out, tree)[0] if tree else out
 
 
 class RecordDraft:
@@ -670,7 +682,15 @@ def _section(**parts: Any) -> dict[str, Any]:
 
 
 def _redact(value: Any, tree: Mapping[str, Any]) -> tuple[Any, bool]:
-    """Copy-on-write: only the dicts on a redacted path are copied."""
+    """Copy-on-write: only the dicts and lists on a redacted path are copied.
+
+    A path goes through lists: `context.items.ssn` redacts `ssn` in every item.
+    """
+    if isinstance(value, list):
+        items = [_redact(v, tree) for v in value]
+        if not any(hit for _, hit in items):
+            return value, False
+        return [v for v, _ in items], True
     if not isinstance(value, dict):
         return value, False
     out: dict[str, Any] | None = None

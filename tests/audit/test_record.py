@@ -127,6 +127,25 @@ def test_redaction_of_configured_fields() -> None:
     assert r.context["headers"]["authorization"] == "Bearer x"
 
 
+def test_redaction_goes_through_lists_and_into_the_http_section() -> None:
+    cfg = AuditConfig(
+        include=frozenset({"context"}), redact=("context.items.ssn", "resource.id", "http.path")
+    )
+    items = [{"ssn": "123", "name": "a"}, {"name": "b"}, "plain"]
+    r = req(context={"items": items, "ip": "1.2.3.4"})
+    d = Decision("read", True, (), (), "v1")
+    http = {"method": "GET", "host": "h", "path": "/docs/1", "route": "docs", "status": 200}
+    rec = build_record(d, r, decision_id="x", caller="c", latency_us=1, config=cfg, http=http)
+    assert rec.context == {
+        "items": [{"ssn": REDACTED, "name": "a"}, {"name": "b"}, "plain"],
+        "ip": "1.2.3.4",
+    }
+    # The id is gone from the resource and from the path that carried it.
+    assert rec.resource_id == REDACTED and rec.http is not None
+    assert rec.http["path"] == REDACTED and rec.http["route"] == "docs"
+    assert items[0]["ssn"] == "123" and http["path"] == "/docs/1"  # copies, not the caller's
+
+
 def test_redacting_ids_and_ancestors() -> None:
     cfg = AuditConfig(include=frozenset({"resource"}), redact=("subject.id", "resource.ancestors"))
     rec = record(1, config=cfg)
@@ -142,6 +161,7 @@ def test_redacting_ids_and_ancestors() -> None:
         (set(), ("email",), "`email` is not a field path"),
         (set(), ("subject.email",), "`subject.email` matches nothing"),
         (set(), ("subject..x",), "not a field path"),
+        (set(), ("http.query",), "`http.query` matches nothing; http fields are"),
     ],
 )
 def test_bad_audit_config(include: set[str], redact: tuple[str, ...], message: str) -> None:
