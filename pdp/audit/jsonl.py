@@ -40,6 +40,35 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_ROTATE_SECONDS = 86_400  # a new segment each UTC day
 
 
+HEAD_SUFFIX = ".head"
+# `seq hash`, padded to a fixed width so that each update is one small `pwrite` at
+# offset 0 over the same bytes: a crash leaves the old head or the new one.
+_HEAD_WIDTH = 20 + 1 + 64
+
+
+def head_path(directory: Path, chain: str) -> Path:
+    """Where the chain's last written (seq, hash) is kept, beside its segments."""
+    return directory / f"{chain}{HEAD_SUFFIX}"
+
+
+def read_head(directory: Path, chain: str) -> ChainHead | None:
+    """The head a chain's writer last recorded; None when there is no head file.
+
+    Verify compares it with the log's last record: records cut from the end of a log
+    leave a hash chain that is intact, but shorter than its head says.
+    """
+    try:
+        text = head_path(directory, chain).read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SinkError(f"cannot read the head of chain `{chain}`: {exc}") from None
+    seq, _, digest = text.strip().partition(" ")
+    if not seq.isdigit() or len(digest) != 64:
+        raise SinkError(f"the head file of chain `{chain}` is not `seq hash`: {text[:100]!r}")
+    return ChainHead(int(seq), digest)
+
+
 def check_chain(name: str) -> str:
     """A chain name usable as a file name; ValueError otherwise."""
     if not CHAIN_RE.match(name):
@@ -167,6 +196,7 @@ class JsonlSink:
         self.chain: str | None = None
         self._lock_fd: int | None = None
         self._fd: int | None = None
+        self._head_fd: int | None = None
         self._size = 0
         self._first_seq: int | None = None  # of the open segment
         self._period: int | None = None  # of the open segment's first record
@@ -217,6 +247,21 @@ class JsonlSink:
             self._first_seq, self._period = records[0].seq, self._period_of(records[0])
         self._size = start + len(data)
         self._last = ChainHead(records[-1].seq, records[-1].hash)
+        self._write_head(self._last)
+
+    def _write_head(self, head: ChainHead) -> None:
+        # After the records are written: the head never names a record that is not in
+        # the log, so it only ever lags (after a crash), never gets ahead.
+        text = f"{head.seq} {head.hash}".ljust(_HEAD_WIDTH) + "\n"
+        try:
+            if self._head_fd is None:
+                assert self.chain is not None
+                self._head_fd = os.open(
+                    head_path(self.directory, self.chain), os.O_RDWR | os.O_CREAT, 0o640
+                )
+            os.pwrite(self._head_fd, text.encode("ascii"), 0)
+        except OSError as exc:  # the records are stored; only the truncation check weakens
+            log.warning("cannot update the head of chain %s: %s", self.chain, _reason(exc))
 
     def close(self) -> None:
         self._close_files()
@@ -282,6 +327,20 @@ class JsonlSink:
             closed = [s for s in segments(self.directory).get(self.chain, []) if s.first_seq]
             if closed:
                 last = _last_record(closed[-1].path)
+        recorded = read_head(self.directory, self.chain)
+        if recorded is not None and (last is None or last.seq < recorded.seq):
+            # Records were cut from the end (or a segment deleted). Carry on from the
+            # recorded head, so the gap stays in the chain for verify to name.
+            log.error(
+                "audit chain %s ends at seq %s but seq %s was written: records were "
+                "removed from the end; continuing after seq %s",
+                self.chain,
+                last.seq if last is not None else 0,
+                recorded.seq,
+                recorded.seq,
+            )
+            self._last = recorded
+            return self._last
         if last is None:
             return None
         self._last = ChainHead(last.seq, last.hash)
@@ -322,13 +381,13 @@ class JsonlSink:
             self._fd = None
 
     def _close_files(self) -> None:
-        for fd in (self._fd, self._lock_fd):
+        for fd in (self._fd, self._head_fd, self._lock_fd):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self._fd = self._lock_fd = None
+        self._fd = self._head_fd = self._lock_fd = None
 
 
 def _open_segment(path: Path) -> int:

@@ -18,10 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pdp.audit.jsonl import Segment, read_blocks, read_lines, segments
+from pdp.audit.jsonl import (
+    CHAIN_RE,
+    HEAD_SUFFIX,
+    Segment,
+    read_blocks,
+    read_head,
+    read_lines,
+    segments,
+)
 from pdp.audit.query import Filter, Page, Problem, QueryError, Stats
 from pdp.audit.record import DecisionRecord, RecordError, canonical, format_time, parse_line
-from pdp.audit.sink import MemorySink
+from pdp.audit.sink import ChainHead, MemorySink, SinkError
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,10 @@ class AuditSource(Protocol):
 
     def chain_entries(self, chain: str) -> Iterator[Entry]:
         """Every stored entry of `chain`, in stored order (files) or `seq` order (SQL)."""
+        ...
+
+    def recorded_head(self, chain: str) -> ChainHead | None:
+        """The last (seq, hash) the chain's writer recorded apart from the records, if any."""
         ...
 
     def follow(
@@ -102,6 +114,9 @@ class ScanSource:
     """Search, stats and get by reading every line; subclasses say where lines come from."""
 
     description = ""
+
+    def recorded_head(self, chain: str) -> ChainHead | None:
+        return None
 
     def _blocks(self, newest_first: bool = False) -> Iterator[tuple[str, int, bytes]]:
         """(file, number of the first line, block of whole lines) for every stored line,
@@ -304,7 +319,22 @@ class JsonlSource(ScanSource):
                     yield name, first, block
 
     def chains(self) -> list[str]:
-        return list(self._segments())
+        found = list(self._segments())
+        if not self.single:
+            # A chain whose every segment was deleted still has its head file.
+            for h in sorted(self.path.glob(f"*{HEAD_SUFFIX}")):
+                name = h.name[: -len(HEAD_SUFFIX)]
+                if CHAIN_RE.match(name) and name not in found:
+                    found.append(name)
+        return found
+
+    def recorded_head(self, chain: str) -> ChainHead | None:
+        if self.single or not chain:
+            return None  # a file on its own: its chain's head file is not with it
+        try:
+            return read_head(self.path, chain)
+        except SinkError:
+            return ChainHead(-1, "")  # unreadable: verify says so
 
     def chain_entries(self, chain: str) -> Iterator[Entry]:
         for seg in self._segments().get(chain, []):

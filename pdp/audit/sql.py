@@ -436,6 +436,11 @@ class SqlSource(_SqlBase):
             raise self._error(exc) from None
         return out
 
+    def recorded_head(self, chain: str) -> ChainHead | None:
+        # Not kept for the SQL sink yet: deleting the newest rows is caught only by
+        # database permissions (see docs/audit.md).
+        return None
+
     def chains(self) -> list[str]:
         a = self.audit
         try:

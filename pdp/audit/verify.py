@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pdp.audit.jsonl import HEAD_SUFFIX
 from pdp.audit.query import Filter
 from pdp.audit.read import AuditSource, Entry
 from pdp.audit.record import GENESIS, record_hash
+from pdp.audit.sink import ChainHead
 
 MAX_LISTED = 20
 
@@ -98,10 +100,40 @@ def verify(source: AuditSource, flt: Filter | None = None, *, single_file: bool 
     flt = flt or Filter()
     report = Report()
     for chain in source.chains():
-        report.chains.append(
-            verify_chain(chain, source.chain_entries(chain), flt, single_file=single_file)
-        )
+        out = verify_chain(chain, source.chain_entries(chain), flt, single_file=single_file)
+        if flt.until_us is None:
+            _check_head(out, source.recorded_head(chain))
+        report.chains.append(out)
     return report
+
+
+def _check_head(out: ChainReport, head: ChainHead | None) -> None:
+    """The chain must reach the head its writer recorded: else records were cut off."""
+    if head is None:
+        return
+    last = out.last_seq or 0
+    if head.seq < 0:
+        problem = "its head file cannot be read, so records cut from the end would go unseen"
+    elif last < head.seq:
+        cut = (
+            f"record {head.seq} is"
+            if last + 1 == head.seq
+            else f"records {last + 1} to {head.seq} are"
+        )
+        problem = (
+            f"the log ends at seq {last} but the writer wrote seq {head.seq}: {cut} "
+            "missing (removed from the end)"
+        )
+    elif last == head.seq and out.head_hash != head.hash:
+        problem = f"the last record (seq {last}) is not the one the writer wrote"
+    else:
+        return  # at or past the head: a head written just before a crash lags, never leads
+    b = Break(f"{out.chain}{HEAD_SUFFIX}", head.seq if head.seq >= 0 else None, None, problem)
+    out.breaks += 1
+    if out.first_break is None:
+        out.first_break = b
+    if len(out.listed) < MAX_LISTED:
+        out.listed.append(b)
 
 
 def verify_chain(

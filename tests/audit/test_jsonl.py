@@ -31,7 +31,7 @@ def lines_of(path: Path) -> list[str]:
 
 def test_records_are_appended_one_per_line(tmp_path: Path) -> None:
     write_log(tmp_path, [record(i) for i in range(5)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["host.jsonl", "host.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host.head", "host.jsonl", "host.lock"]
     lines = lines_of(tmp_path / "host.jsonl")
     assert [parse_line(x)[0].seq for x in lines] == [1, 2, 3, 4, 5]
 

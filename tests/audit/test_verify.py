@@ -89,6 +89,42 @@ def test_a_re_encoded_record_is_reported_though_its_content_hashes_the_same(
     assert "the line is not in its canonical form" in c.first_break.message
 
 
+def test_records_cut_from_the_end(log: Path, tmp_path: Path) -> None:
+    # What the chain alone cannot show: it is intact, only shorter. The head file can.
+    d, lines = copy(log, tmp_path)
+    save(d, lines[:-2])
+    c = check(d)
+    assert c.first_break is not None and c.first_break.where == "host.head"
+    assert c.first_break.message == (
+        f"the log ends at seq {N - 2} but the writer wrote seq {N}: records {N - 1} to {N} "
+        "are missing (removed from the end)"
+    )
+
+
+def test_the_whole_log_deleted_but_its_head(log: Path, tmp_path: Path) -> None:
+    d, _ = copy(log, tmp_path)
+    (d / "host.jsonl").unlink()
+    c = check(d)
+    assert c.first_break is not None and "the log ends at seq 0" in c.first_break.message
+
+
+def test_a_writer_continues_after_the_recorded_head_so_the_gap_stays(
+    log: Path, tmp_path: Path
+) -> None:
+    d, lines = copy(log, tmp_path)
+    save(d, lines[:-3])
+    write_log(d, [record(N + i) for i in range(2)])  # the server restarts and writes on
+    c = check(d)
+    assert c.first_break is not None and c.first_break.seq == N + 1
+    assert f"records {N - 2} to {N} removed or moved" in c.first_break.message
+
+
+def test_a_copy_without_its_head_file_still_verifies(log: Path, tmp_path: Path) -> None:
+    d, _ = copy(log, tmp_path)
+    (d / "host.head").unlink()
+    assert check(d).ok
+
+
 def test_a_deleted_record(log: Path, tmp_path: Path) -> None:
     d, lines = copy(log, tmp_path)
     del lines[4]
