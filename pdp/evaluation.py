@@ -10,14 +10,14 @@ it copied into each decision.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from pdp.engine.bindings import RoleSource
 from pdp.engine.compile import CompiledPolicySet
-from pdp.engine.decide import decide, decide_all
+from pdp.engine.decide import decide_actions
 from pdp.engine.decision import Decision, Diagnostic
-from pdp.engine.request import Request, Subject
+from pdp.engine.request import Request, Resource, Subject
 from pdp.store.errors import StoreError
 
 
@@ -40,26 +40,38 @@ def evaluate(
     now: datetime | None = None,
     explain: bool = False,
 ) -> list[Decision]:
-    """Decide each request in order, looking up roles once per (subject, resource)."""
+    """Decide each request in order, looking up roles once per (subject, resource).
+
+    Consecutive requests on the same subject, resource and context form a group that
+    shares its role lookup, its evaluation state and the derived roles that do not
+    read the action; the group's clock is its first request's `now`, else `now`.
+    A subject's stored attributes are read once per call (per subject object).
+    """
     clock = now or datetime.now(UTC)
     out: list[Decision] = []
+    # By identity: a batch's evaluations usually share one Subject object, and the
+    # requests keep every key's object alive for the whole call.
+    enriched: dict[int, Subject] = {}
+    n = len(requests)
     i = 0
-    while i < len(requests):
-        # Consecutive requests on the same subject and resource share roles and derived roles.
-        j = i + 1
+    while i < n:
         first = requests[i]
-        while j < len(requests) and _same_target(first, requests[j]):
+        subject, resource, context = first.subject, first.resource, first.context
+        j = i + 1
+        while j < n:
+            r = requests[j]
+            if not (
+                (r.subject is subject or _same_subject(r.subject, subject))
+                and (r.resource is resource or _same_resource(r.resource, resource))
+                and (r.context is context or _same_value(r.context, context))
+            ):
+                break
             j += 1
         try:
-            # The group shares its subject, so stored attributes are merged once.
-            subject = enrich(first.subject, source)
-            group = [
-                r
-                if r.subject is subject and r.now
-                else Request(subject, r.action, r.resource, r.context, r.now or clock)
-                for r in requests[i:j]
-            ]
-            roles = source.roles_for(first.subject.key, first.resource.scopes(), clock)
+            full = enriched.get(id(subject))
+            if full is None:
+                full = enriched[id(subject)] = enrich(subject, source)
+            roles = source.roles_for(subject.key, resource.scopes(), clock)
             # Read after the lookup: the revision those roles came from (a store's first
             # lookup is what tells it the revision at all).
             version: str | None = getattr(source, "bindings_version", None)
@@ -68,11 +80,19 @@ def evaluate(
             out.extend(_store_failed(policy, r, exc) for r in requests[i:j])
             i = j
             continue
-        if len(group) == 1:
-            decided = [decide(policy, group[0], roles, explain=explain, bindings_version=version)]
-        else:
-            decided = decide_all(policy, group, roles, explain=explain, bindings_version=version)
-        out.extend(decided)
+        out.extend(
+            decide_actions(
+                policy,
+                full,
+                resource,
+                context,
+                first.now or clock,
+                [r.action for r in requests[i:j]] if j > i + 1 else [first.action],
+                roles,
+                explain=explain,
+                bindings_version=version,
+            )
+        )
         i = j
     return out
 
@@ -88,5 +108,34 @@ def _store_failed(policy: CompiledPolicySet, request: Request, exc: StoreError) 
     )
 
 
-def _same_target(a: Request, b: Request) -> bool:
-    return a.subject == b.subject and a.resource == b.resource and a.context == b.context
+def _same_subject(a: Subject, b: Subject) -> bool:
+    return a.id == b.id and a.type == b.type and _same_value(a.properties, b.properties)
+
+
+def _same_resource(a: Resource, b: Resource) -> bool:
+    return (
+        a.id == b.id
+        and a.type == b.type
+        and a.ancestors == b.ancestors
+        and _same_value(a.properties, b.properties)
+    )
+
+
+def _same_value(a: object, b: object) -> bool:
+    """Equal, with the same types throughout: values no condition can tell apart.
+
+    Stricter than `==`, under which `1 == True == 1.0` and a list equals a tuple: the
+    group is decided on its first request's values only.
+    """
+    if a is b:
+        return True
+    t = type(a)
+    if t is not type(b):
+        return False
+    if isinstance(a, Mapping):
+        assert isinstance(b, Mapping)
+        return len(a) == len(b) and all(k in b and _same_value(v, b[k]) for k, v in a.items())
+    if t is list or t is tuple:
+        assert isinstance(a, list | tuple) and isinstance(b, list | tuple)
+        return len(a) == len(b) and all(map(_same_value, a, b))
+    return a == b

@@ -6,16 +6,19 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pdp.engine.request import Request
+from pdp.engine.request import Action, Request, Resource, Subject
 
 Condition = Callable[["Env"], object]
 
 
 class Env:
-    """Per-request evaluation state. Built once per request, shared by its actions."""
+    """Per-request evaluation state. Built once per subject and resource, shared by
+    their actions: `set_action` moves it to the next one.
+
+    Never shared between threads: each decide call builds its own and drops it.
+    """
 
     __slots__ = (
-        "request",
         "subject",
         "resource",
         "action",
@@ -32,33 +35,59 @@ class Env:
 
     def __init__(
         self,
-        request: Request,
+        subject: Subject,
+        action: Action,
+        resource: Resource,
+        context: Mapping[str, Any],
+        now: datetime | None,
         roles: frozenset[str],
         derived_conditions: Mapping[tuple[str, str], Condition],
+        per_action: frozenset[str] = frozenset(),
     ) -> None:
-        self.request = request
-        self.subject = request.subject
-        self.resource = request.resource
-        self.action = request.action
-        self.sprops: Mapping[str, Any] = request.subject.properties
-        self.rprops: Mapping[str, Any] = request.resource.properties
-        self.aprops: Mapping[str, Any] = request.action.properties
-        self.context: Mapping[str, Any] = request.context
+        self.subject = subject
+        self.resource = resource
+        self.action = action
+        self.sprops: Mapping[str, Any] = subject.properties
+        self.rprops: Mapping[str, Any] = resource.properties
+        self.aprops: Mapping[str, Any] = action.properties
+        self.context: Mapping[str, Any] = context
         self.roles = roles
         # Derived roles already evaluated for this request: name → held, or the error.
         self.derived: dict[str, bool | Exception] = {}
         self.derived_conditions = derived_conditions
-        self.per_action: frozenset[str] = frozenset()
-        self._now = request.now
+        # Derived roles whose condition reads `action`: forgotten by `set_action`.
+        self.per_action = per_action
+        self._now = now
 
-    def with_action(self, request: Request) -> Env:
-        """The same state for another action of the same subject and resource."""
-        env = Env(request, self.roles, self.derived_conditions)
-        # A derived role whose condition reads `action` must be evaluated per action.
-        env.derived = {k: v for k, v in self.derived.items() if k not in self.per_action}
-        env.per_action = self.per_action
-        env._now = self._now
-        return env
+    @classmethod
+    def of(
+        cls,
+        request: Request,
+        roles: frozenset[str],
+        derived_conditions: Mapping[tuple[str, str], Condition],
+    ) -> Env:
+        """The state for one request."""
+        return cls(
+            request.subject,
+            request.action,
+            request.resource,
+            request.context,
+            request.now,
+            roles,
+            derived_conditions,
+        )
+
+    def set_action(self, action: Action) -> None:
+        """Move to another action of the same subject, resource and context.
+
+        Derived roles that do not read `action` stay known; the others are evaluated
+        again for the new action. The clock stays the one of the first action.
+        """
+        self.action = action
+        self.aprops = action.properties
+        if self.per_action and self.derived:
+            for name in self.per_action:
+                self.derived.pop(name, None)
 
     @property
     def now(self) -> datetime:
