@@ -116,9 +116,15 @@ class Reloader:
     def _is_policy(self, p: Path) -> bool:
         if p == self._schema or p == self._routes:
             return True
-        # A deleted directory is reported by its own path, without a suffix.
-        return p.is_relative_to(self._policies) and (
-            p.suffix == POLICY_SUFFIX or p == self._policies or not p.suffix
+        if not p.is_relative_to(self._policies):
+            return False
+        # A deleted directory is reported by its own path, without a suffix. Hidden
+        # entries count too: a ConfigMap update is a swap of its `..data` link.
+        return (
+            p.suffix == POLICY_SUFFIX
+            or p == self._policies
+            or not p.suffix
+            or any(part.startswith(".") for part in p.relative_to(self._policies).parts)
         )
 
     def _retry_if_not_ready(self) -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 from pdp.client import PdpClient
+from pdp.server.app import PdpServer
+from pdp.server.config import load_config
 from pdp.v1 import decision_pb2 as pb
 from tests.server.support import ALICE, DOC, NOTE, Running, wait_for
 
@@ -92,3 +98,48 @@ def test_bindings_file_change(running: Running) -> None:
     info = wait_for(lambda: failed_reload(client), what="the failed bindings reload")
     assert info.last_reload.what == "bindings" and info.bindings_version == good
     assert client.check(ALICE, "write", DOC).allowed
+
+
+def test_a_configmap_style_swap_is_one_reload(
+    tmp_path: Path, policy_dir: Path, bindings_file: Path
+) -> None:
+    # The layout kubelet keeps up to date: files in a timestamped hidden directory,
+    # `..data` linking to it, a link per file at the top. An update writes a new
+    # directory and swaps `..data` in one rename: the server must see the new set.
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    first = mount / "..2026_11_27_01"
+    shutil.copytree(policy_dir, first)
+    (mount / "..data").symlink_to(first.name)
+    for f in sorted(first.iterdir()):
+        (mount / f.name).symlink_to(f"..data/{f.name}")
+    cfg = load_config(
+        None,
+        environ={},
+        flags={
+            "listen": "127.0.0.1:0",
+            "policies": str(mount),
+            "store.bindings_file": str(bindings_file),
+            "reload.debounce_ms": 50,
+        },
+    )
+    server = PdpServer(cfg)
+    port = server.start()
+    client = PdpClient(f"127.0.0.1:{port}", timeout=5)
+    try:
+        before = version(client)
+        assert not client.check(ALICE, "write", DOC).allowed
+        second = mount / "..2026_11_27_02"
+        shutil.copytree(first, second)
+        docs = second / "docs.pdp"
+        docs.write_text(
+            docs.read_text().replace("permit editor to write", "permit viewer to write"), "utf-8"
+        )
+        (mount / "..data_tmp").symlink_to(second.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+        wait_for(lambda: version(client) != before, what="the swapped-in set")
+        assert client.check(ALICE, "write", DOC).allowed
+        assert client.server_info().last_reload.ok
+    finally:
+        client.close()
+        server.stop(0.5)
