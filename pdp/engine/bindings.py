@@ -80,6 +80,9 @@ class Bindings:
     _groups_cache: dict[str, frozenset[str]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    _scoped_cache: dict[str, Mapping[str, tuple[RoleBinding, ...]]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         by: dict[str, dict[str, list[RoleBinding]]] = defaultdict(lambda: defaultdict(list))
@@ -114,16 +117,35 @@ class Bindings:
         return result
 
     def roles_for(self, subject: str, scopes: Sequence[str], now: datetime) -> frozenset[str]:
+        by_scope = self._scoped(subject)
+        if not by_scope:
+            return frozenset()
         roles: set[str] = set()
-        for principal in (subject, *self.groups_of(subject)):
-            by_scope = self._by_principal.get(principal)
-            if not by_scope:
-                continue
-            for scope in scopes:
-                for b in by_scope.get(scope, ()):
-                    if b.expires is None or b.expires > now:
-                        roles.add(b.role)
+        for scope in scopes:
+            for b in by_scope.get(scope, ()):
+                if b.expires is None or b.expires > now:
+                    roles.add(b.role)
         return frozenset(roles)
+
+    def _scoped(self, subject: str) -> Mapping[str, tuple[RoleBinding, ...]]:
+        """scope → the bindings of `subject` and of all its groups there.
+
+        Merged once per subject, so that a lookup reads each scope once rather than
+        once per principal.
+        """
+        known = self._scoped_cache.get(subject)
+        if known is not None:
+            return known
+        merged: dict[str, list[RoleBinding]] = {}
+        for principal in (subject, *self.groups_of(subject)):
+            for scope, bs in self._by_principal.get(principal, {}).items():
+                merged.setdefault(scope, []).extend(bs)
+        result = MappingProxyType({s: tuple(bs) for s, bs in merged.items()})
+        # As for groups: immutable, so a racing writer stores the same value. A subject
+        # with no bindings at all is not kept, so unknown callers do not grow the cache.
+        if result:
+            self._scoped_cache[subject] = result
+        return result
 
     def attributes(self, subject: str) -> Mapping[str, Any]:
         return self.subjects.get(subject, MappingProxyType({}))

@@ -30,14 +30,18 @@ class CompiledRule:
     derived: tuple[str, ...]
     condition: Condition | None
     loc: SourceLoc | None
+    # Whether the condition reads `action`; if not, its value is the same for every
+    # action of one subject, resource and context, and a batch evaluates it once.
+    reads_action: bool = True
 
     @property
     def where(self) -> str:
         return self.loc.short if self.loc else "?"
 
 
-# A rule as `decide` reads it: (id, roles or None for `any`, derived roles, condition).
-Step = tuple[str, frozenset[str] | None, tuple[str, ...], Condition | None]
+# A rule as `decide` reads it: (id, roles or None for `any`, derived roles, condition,
+# and the key under which a batch shares the condition's value, or None).
+Step = tuple[str, frozenset[str] | None, tuple[str, ...], Condition | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,8 @@ class Candidates:
 
 
 def _step(rule: CompiledRule) -> Step:
-    return (rule.id, rule.roles, rule.derived, rule.condition)
+    share = None if rule.condition is None or rule.reads_action else rule.id
+    return (rule.id, rule.roles, rule.derived, rule.condition, share)
 
 
 @dataclass(frozen=True)
@@ -200,4 +205,5 @@ def _compile_rule(
         derived=named_derived,
         condition=compile_rule_condition(rule.when, rule.unless),
         loc=rule.loc,
+        reads_action=any(e is not None and _reads_action(e) for e in (rule.when, rule.unless)),
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from pdp.engine.compile import Candidates, CompiledPolicySet, CompiledRule
 from pdp.engine.decision import Decision, Diagnostic, RuleTrace
-from pdp.engine.env import Env
+from pdp.engine.env import Condition, Env
 from pdp.engine.errors import EvalError, type_error
 from pdp.engine.request import Action, Request, Resource, Subject
 
@@ -87,7 +87,8 @@ def decide_actions(
     """Decide each of `actions` for one subject on one resource in one context.
 
     The batch path: one `Env` serves every action (see `Env.set_action`), so the
-    derived roles that do not read `action` are evaluated at most once for all.
+    derived roles and the rule conditions that do not read `action` are evaluated at
+    most once for all of them. Every action is still decided over its own candidates.
     """
     if not actions:
         return []
@@ -101,6 +102,8 @@ def decide_actions(
         policy.derived,
         policy.action_dependent_derived,
     )
+    if len(actions) > 1:
+        env.shared = {}
     index, version, rtype = policy.index, policy.version, resource.type
     out: list[Decision] = []
     first = True
@@ -127,20 +130,29 @@ def _decide(
     `_applies` is written out in both loops: a call per candidate rule was a fifth of
     the cost of a decision.
     """
-    held = env.roles
+    # Known derived roles and shared conditions are read inline below; `_derived` and
+    # `_shared` are called only to compute a value (or raise a kept error).
+    held, known_derived, shared = env.roles, env.derived, env.shared
     reasons: list[str] = []
     diagnostics: list[Diagnostic] = []
     used: set[str] | None = None
-    for rule_id, roles, derived, cond in candidates.forbid_steps:
+    for rule_id, roles, derived, cond, share in candidates.forbid_steps:
         try:
             if roles is not None and roles.isdisjoint(held):
                 for name in derived:
-                    if _derived(name, env):
+                    known = known_derived.get(name)
+                    if known is True or (known is not False and _derived(name, env)):
                         break
                 else:
                     continue
-            if cond is not None and not cond(env):
-                continue
+            if cond is not None:
+                if share is None or shared is None:
+                    if not cond(env):
+                        continue
+                else:
+                    ok = shared.get(share)
+                    if ok is False or (ok is not True and not _shared(share, cond, env, shared)):
+                        continue
         except EvalError as exc:
             # Fail closed: a forbid that cannot be evaluated denies.
             reasons.append(rule_id)
@@ -160,16 +172,23 @@ def _decide(
             (),
             bindings_version,
         )
-    for rule_id, roles, derived, cond in candidates.permit_steps:
+    for rule_id, roles, derived, cond, share in candidates.permit_steps:
         try:
             if roles is not None and roles.isdisjoint(held):
                 for name in derived:
-                    if _derived(name, env):
+                    known = known_derived.get(name)
+                    if known is True or (known is not False and _derived(name, env)):
                         break
                 else:
                     continue
-            if cond is not None and not cond(env):
-                continue
+            if cond is not None:
+                if share is None or shared is None:
+                    if not cond(env):
+                        continue
+                else:
+                    ok = shared.get(share)
+                    if ok is False or (ok is not True and not _shared(share, cond, env, shared)):
+                        continue
         except EvalError as exc:
             # A permit that cannot be evaluated does not apply; the error is reported.
             diagnostics.append(Diagnostic(exc.code, exc.message, rule_id))
@@ -187,6 +206,26 @@ def _decide(
         (),
         bindings_version,
     )
+
+
+def _shared(key: str, cond: Condition, env: Env, shared: dict[str, bool | Exception]) -> object:
+    """The condition's value for this subject, resource and context, computed once.
+
+    Only for conditions that do not read `action` (see `Step`); an error is kept and
+    raised again, so each decision still reports it.
+    """
+    known = shared.get(key)
+    if known is None:
+        try:
+            known = shared[key] = bool(cond(env))
+        except EvalError as exc:
+            shared[key] = exc
+            raise
+        return known
+    if isinstance(known, Exception):
+        # Without its old traceback, which would otherwise grow with every raise.
+        raise known.with_traceback(None)
+    return known
 
 
 def _used(

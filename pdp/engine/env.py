@@ -30,6 +30,7 @@ class Env:
         "derived",
         "derived_conditions",
         "per_action",
+        "shared",
         "_now",
     )
 
@@ -57,6 +58,9 @@ class Env:
         self.derived_conditions = derived_conditions
         # Derived roles whose condition reads `action`: forgotten by `set_action`.
         self.per_action = per_action
+        # Set when several actions share this state: rule id → the value (or error) of
+        # that rule's condition, for conditions that do not read `action`.
+        self.shared: dict[str, bool | Exception] | None = None
         self._now = now
 
     @classmethod

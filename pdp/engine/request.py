@@ -38,10 +38,12 @@ class Resource:
 
     def scopes(self) -> tuple[str, ...]:
         """Every binding scope that reaches this resource, broadest first."""
-        tenant = self.tenant
+        t = self.properties.get("tenant")
         own = f"{self.type}/{self.id}"
-        head = ("global", f"tenant/{tenant}") if tenant else ("global",)
-        return (*head, *reversed(self.ancestors), own)
+        # Written out (no `reversed`, no `self.tenant`): one lookup per decision.
+        if isinstance(t, str) and t:
+            return ("global", f"tenant/{t}", *self.ancestors[::-1], own)
+        return ("global", *self.ancestors[::-1], own)
 
 
 @dataclass(frozen=True, slots=True)

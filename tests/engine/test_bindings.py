@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from pdp.engine.bindings import Bindings, RoleBinding, check_scope, parse_subject_ref
-from pdp.engine.request import Resource
+from pdp.engine.request import Action, Resource
 from pdp.evaluation import enrich, evaluate
 from pdp.store.errors import StoreUnavailable
 from tests.helpers import NOW, compile_text, request
@@ -260,3 +261,63 @@ def test_a_failing_store_denies_every_request() -> None:
         (False, ["store_unavailable"]),
         (False, ["store_unavailable"]),
     ]
+
+
+# --- sharing within one evaluate() call -----------------------------------------------
+
+SHARED = """
+role viewer
+resource document {
+  actions read, update, share
+  @id("read") permit viewer to read
+  @id("named") permit any to update, share when action.name == "share"
+  @id("flagged") permit any to update when action has flag and action.flag
+  @id("guard") forbid any to * unless resource.tenant == subject.tenant
+  @id("broken") forbid any to share when resource.missing
+}
+"""
+
+
+def _outcomes(decisions: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return [(d.action, d.allowed, d.reasons, d.diagnostics, d.roles_used) for d in decisions]
+
+
+def test_a_batch_on_one_target_decides_as_each_request_alone() -> None:
+    # One subject, resource and context object for all (the server's batch shape):
+    # conditions not reading `action` are shared, those reading it are not, and a
+    # shared error is reported on every decision it affects.
+    policy = compile_text(SHARED)
+    bindings = Bindings(bindings=(RoleBinding("user:alice", "viewer"),))
+    first = request("read", subject={"tenant": "acme"}, resource={"tenant": "acme"})
+    asked = [
+        ("read", {}),
+        ("update", {}),
+        ("share", {}),
+        ("update", {"flag": True}),
+        ("share", {}),
+        ("read", {}),
+    ]
+    reqs = [replace(first, action=Action(a, props)) for a, props in asked]
+    together = evaluate(policy, reqs, bindings, now=NOW)
+    alone = [evaluate(policy, [r], bindings, now=NOW)[0] for r in reqs]
+    assert _outcomes(together) == _outcomes(alone)
+    assert [d.allowed for d in together] == [True, False, False, True, False, True]
+    assert [[x.rule_id for x in d.diagnostics] for d in together if d.action == "share"] == [
+        ["broken"],
+        ["broken"],
+    ]
+
+
+def test_equal_but_distinguishable_targets_are_not_grouped() -> None:
+    # `1 == True` in Python, but not in the policy language: a request whose tenant is
+    # `True` must not be decided with the values of one whose tenant is `1`.
+    policy = compile_text(SHARED)
+    bindings = Bindings(bindings=(RoleBinding("user:alice", "viewer"),))
+    reqs = [
+        request("read", subject={"tenant": 1}, resource={"tenant": 1}),
+        request("read", subject={"tenant": 1}, resource={"tenant": True}),
+        request("read", subject={"tenant": 1}, resource={"tenant": 1.0}),
+    ]
+    got = evaluate(policy, reqs, bindings, now=NOW)
+    assert [d.allowed for d in got] == [True, False, True]
+    assert _outcomes(got) == [_outcomes(evaluate(policy, [r], bindings, now=NOW))[0] for r in reqs]
