@@ -48,7 +48,7 @@ from pdp.identity.result import (
 )
 from pdp.server.config import Limits
 from pdp.server.convert import Converter, InputError, LimitError
-from pdp.server.ids import new_decision_id
+from pdp.server.ids import new_decision_ids
 from pdp.server.state import ServingState, Snapshot
 from pdp.store.errors import StoreError
 from pdp.v1 import decision_pb2 as pb
@@ -408,6 +408,10 @@ class DecisionService:
         d_context = conv.struct(msg.context, "context")
         now = datetime.now(UTC)
         items: list[Request | _Invalid] = []
+        # A batch names few distinct actions many times ("which of these may I do"):
+        # each action without properties is converted once. Only successes are kept,
+        # so an error still names its own evaluation.
+        actions: dict[str, Action] = {}
         for i, ev in enumerate(msg.evaluations):
             where = f"evaluations[{i}]"
             subject = (
@@ -415,11 +419,16 @@ class DecisionService:
                 if ev.HasField("subject")
                 else d_subject
             )
-            action = (
-                _try(conv.action, ev.action, where + ".action")
-                if ev.HasField("action")
-                else d_action
-            )
+            if not ev.HasField("action"):
+                action = d_action
+            elif ev.action.HasField("properties"):
+                action = _try(conv.action, ev.action, where + ".action")
+            else:
+                action = actions.get(ev.action.name)
+                if action is None:
+                    action = _try(conv.action, ev.action, where + ".action")
+                    if isinstance(action, Action):
+                        actions[action.name] = action
             resource = (
                 _try(conv.resource, ev.resource, where + ".resource")
                 if ev.HasField("resource")
@@ -428,7 +437,10 @@ class DecisionService:
             attrs = (
                 conv.struct(ev.context, where + ".context") if ev.HasField("context") else d_context
             )
-            items.append(_combine(subject, action, resource, attrs, where, now))
+            if type(subject) is Subject and type(action) is Action and type(resource) is Resource:
+                items.append(Request(subject, action, resource, attrs, now))
+            else:  # something missing or malformed: say what, for this evaluation
+                items.append(_combine(subject, action, resource, attrs, where, now))
         return items
 
     def _decide(
@@ -470,7 +482,7 @@ class DecisionService:
             ]
             if stop_after is False:
                 decisions = decisions[:1]
-            ids = [new_decision_id() for _ in decisions]
+            ids = new_decision_ids(len(decisions))
         except Exception:
             # Denies like any other, recorded like any other (with the cause), so that
             # every decision id a caller holds is in the audit log.
@@ -480,10 +492,10 @@ class DecisionService:
             ]
             if stop_after is False:
                 decisions = decisions[:1]
-            ids = [new_decision_id() for _ in decisions]
+            ids = new_decision_ids(len(decisions))
             log.exception("internal error answering decisions %s", ", ".join(ids))
         else:
-            ids = [new_decision_id() for _ in decisions]
+            ids = new_decision_ids(len(decisions))
         if self._recorder is not None:
             failure = self._record(
                 snap, items, decisions, ids, bindings_version, context, started, authn
