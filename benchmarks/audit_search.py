@@ -33,7 +33,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from benchmarks.timing import Outcome
+from benchmarks.timing import Outcome, write_section
 from pdp.audit.jsonl import JsonlSink
 from pdp.audit.query import Filter, make_filter
 from pdp.audit.read import AuditSource, JsonlSource
@@ -435,18 +435,6 @@ def _ms(s: float) -> str:
     return f"{s * 1000:,.1f}" if s < 10 else f"{s * 1000:,.0f}"
 
 
-def write_section(text_: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (others own the other sections)."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    start = old.find(HEADING)
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text_
-    else:
-        end = old.find("\n## ", start + len(HEADING))
-        new = old[:start] + text_ + (old[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def drop() -> None:
     admin = create_engine(make_url(PG_URL), isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -488,7 +476,7 @@ def main(argv: list[str] | None = None) -> Outcome:
     text_ = report(results, sizes)
     print(text_)
     if not args.no_write:
-        write_section(text_)
+        write_section(RESULTS, HEADING, text_)
     worst = {
         h: max(r.median for r in rows if not r.name.startswith("unindexed"))
         for h, rows in results.items()

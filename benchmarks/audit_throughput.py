@@ -33,7 +33,7 @@ from benchmarks.server_load import (
     start,
     stop,
 )
-from benchmarks.timing import Outcome
+from benchmarks.timing import Outcome, write_section
 from pdp.audit.query import Filter
 from pdp.audit.read import JsonlSource
 from pdp.audit.verify import verify
@@ -227,18 +227,6 @@ def report(
     return "\n".join(lines) + "\n", ratios
 
 
-def write_section(text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (others own the other sections)."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    start_at = old.find(HEADING)
-    if start_at == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start_at + len(HEADING))
-        new = old[:start_at] + text + (old[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> Outcome:
     parser = argparse.ArgumentParser(description="audit log throughput cost")
     parser.add_argument("--calls", type=int, default=4000, help="calls per round and mode")
@@ -259,7 +247,7 @@ def main(argv: list[str] | None = None) -> Outcome:
     text, ratios = report(by_c, args.rounds, args.threads, problems, sync)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(RESULTS, HEADING, text)
     met = all(b > 0.9 and d > 0.75 for b, d in ratios.values())
     return Outcome(
         not problems,

@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from benchmarks.timing import Outcome
+from benchmarks.timing import Outcome, write_section
 from pdp.client import check_request, evaluations_request
 from pdp.v1 import decision_pb2 as pb
 
@@ -320,18 +320,6 @@ def report(
     return "\n".join(lines), cpu_ratio, one, many
 
 
-def write_section(text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (others own the other sections)."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    start = old.find(HEADING)
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(HEADING))
-        new = old[:start] + text + (old[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> Outcome:
     parser = argparse.ArgumentParser(description="gRPC server load benchmark")
     parser.add_argument("--calls", type=int, default=4000, help="single calls per round")
@@ -344,7 +332,7 @@ def main(argv: list[str] | None = None) -> Outcome:
     text, cpu_ratio, one, many = report(results, args.concurrency, args.threads)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(RESULTS, HEADING, text)
     return Outcome(
         True,
         (

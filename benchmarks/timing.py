@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -123,3 +124,15 @@ def machine() -> Mapping[str, str]:
         "cpus": str(os.cpu_count()),
         "platform": platform.platform(),
     }
+
+
+def write_section(results: Path, heading: str, text: str) -> None:
+    """Replace the section under `heading` in RESULTS.md with `text` (others own the rest)."""
+    old = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
+    start = old.find(heading)
+    if start == -1:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(heading))
+        new = old[:start] + text + (old[end + 1 :] if end != -1 else "")
+    results.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
