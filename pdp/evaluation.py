@@ -39,6 +39,7 @@ def evaluate(
     *,
     now: datetime | None = None,
     explain: bool = False,
+    seen: dict[int, Subject] | None = None,
 ) -> list[Decision]:
     """Decide each request in order, looking up roles once per (subject, resource).
 
@@ -46,12 +47,14 @@ def evaluate(
     shares its role lookup, its evaluation state and the derived roles that do not
     read the action; the group's clock is its first request's `now`, else `now`.
     A subject's stored attributes are read once per call (per subject object).
+    `seen`, when given, is filled with the subject as the engine saw it (stored
+    attributes added), by `id()` of each request's subject: what the audit log records.
     """
     clock = now or datetime.now(UTC)
     out: list[Decision] = []
     # By identity: a batch's evaluations usually share one Subject object, and the
     # requests keep every key's object alive for the whole call.
-    enriched: dict[int, Subject] = {}
+    enriched: dict[int, Subject] = {} if seen is None else seen
     n = len(requests)
     i = 0
     while i < n:
@@ -80,6 +83,9 @@ def evaluate(
             out.extend(_store_failed(policy, r, exc) for r in requests[i:j])
             i = j
             continue
+        if seen is not None:
+            for r in requests[i + 1 : j]:
+                seen.setdefault(id(r.subject), full)
         out.extend(
             decide_actions(
                 policy,

@@ -459,18 +459,20 @@ class DecisionService:
         policy, roles = snap.policy, snap.roles
         decisions: list[Decision] = []
         bindings_version = ""
+        # The subjects as the engine saw them, for the records (not read a second time).
+        seen: dict[int, Subject] | None = {} if self._recorder is not None else None
         try:
             bindings_version = roles.version()
             requests = [it for it in items if isinstance(it, Request)]
             if stop_after is None and len(requests) == len(items) and requests:
                 # The common case: one evaluate() call, which shares role lookups.
-                decisions = evaluate(policy, requests, roles.source, now=requests[0].now)
+                decisions = evaluate(policy, requests, roles.source, now=requests[0].now, seen=seen)
             else:
                 for it in items:
                     if isinstance(it, _Invalid):
                         d = _deny(policy.version, it.action, it.code, it.message)
                     else:
-                        d = evaluate(policy, [it], roles.source, now=it.now)[0]
+                        d = evaluate(policy, [it], roles.source, now=it.now, seen=seen)[0]
                     decisions.append(d)
                     if d.allowed is stop_after:
                         break
@@ -498,7 +500,7 @@ class DecisionService:
             ids = new_decision_ids(len(decisions))
         if self._recorder is not None:
             failure = self._record(
-                snap, items, decisions, ids, bindings_version, context, started, authn
+                snap, items, decisions, ids, bindings_version, context, started, authn, seen
             )
             if failure is not None:
                 decisions = self._unrecorded(decisions, ids, failure)
@@ -537,8 +539,12 @@ class DecisionService:
         context: grpc.ServicerContext,
         started: int,
         authn: Mapping[str, Any] | None = None,
+        seen: dict[int, Subject] | None = None,
     ) -> str | None:
-        """Build and hand over the call's records; why they could not be stored, if so."""
+        """Build and hand over the call's records; why they could not be stored, if so.
+
+        `seen`: the subjects as the engine saw them (see `evaluate`), by `id()`.
+        """
         recorder = self._recorder
         assert recorder is not None
         config = recorder.config
@@ -546,7 +552,7 @@ class DecisionService:
         caller = ",".join(sorted(ids_)) or context.peer()
         latency = (time.perf_counter_ns() - started) // 1000
         with_subject = "subject" in config.include
-        enriched: dict[int, Subject] = {}  # by identity: a batch's items share their subject
+        enriched = seen if seen is not None else {}  # by identity: items share their subject
         # Drafts: the writer builds each record once, in its place in the chain.
         records: list[RecordDraft] = []
         # INVARIANT: `decisions` is a prefix of `items` (a batch may stop early).
@@ -554,7 +560,8 @@ class DecisionService:
             req = it if isinstance(it, Request) else None
             if req is not None and with_subject:
                 # The subject as the engine saw it: with the store's attributes, so that
-                # the decision can be re-derived from the record.
+                # the decision can be re-derived from the record. Read again only for a
+                # request the engine did not reach (the store failed first).
                 subject = enriched.get(id(req.subject))
                 if subject is None:
                     try:

@@ -221,6 +221,26 @@ def test_stored_attributes_win_over_the_request() -> None:
     assert not evaluate(compile_text(POLICY), [req], bindings, now=NOW)[0].allowed
 
 
+def test_evaluate_reports_the_subjects_the_engine_saw() -> None:
+    # The audit log records these rather than reading the store again, which could
+    # by then say something else.
+    class Counting(Bindings):
+        reads = 0
+
+        def attributes(self, subject: str) -> Mapping[str, Any]:
+            Counting.reads += 1
+            return super().attributes(subject)
+
+    bindings = Counting(subjects={"user:alice": {"department": "eng"}})
+    reqs = [request("read"), request("update"), request("read", subject_id="bob")]
+    seen: dict[int, Any] = {}
+    evaluate(compile_text(POLICY), reqs, bindings, now=NOW, seen=seen)
+    assert Counting.reads == 2  # once per distinct subject
+    for r in reqs:  # every request's subject object, grouped or not
+        assert seen[id(r.subject)] == enrich(r.subject, bindings)
+    assert dict(seen[id(reqs[1].subject)].properties) == {"department": "eng"}
+
+
 def test_expiry_uses_the_evaluation_clock() -> None:
     policy = compile_text(POLICY)
     bindings = Bindings(bindings=(RoleBinding("user:alice", "viewer", expires=NOW),))
