@@ -100,9 +100,11 @@ def verify(source: AuditSource, flt: Filter | None = None, *, single_file: bool 
     flt = flt or Filter()
     report = Report()
     for chain in source.chains():
+        # The head first, then the records: a live writer stores records before it
+        # moves the head, so what is read next reaches at least this far.
+        head = source.recorded_head(chain) if flt.until_us is None else None
         out = verify_chain(chain, source.chain_entries(chain), flt, single_file=single_file)
-        if flt.until_us is None:
-            _check_head(out, source.recorded_head(chain))
+        _check_head(out, head)
         report.chains.append(out)
     return report
 

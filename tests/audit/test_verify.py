@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
+from pdp.audit.jsonl import JsonlSink
 from pdp.audit.query import Filter
 from pdp.audit.read import JsonlSource
 from pdp.audit.record import canonical, record_hash
 from pdp.audit.verify import ChainReport, describe, verify
-from tests.audit.support import record, us, write_log
+from pdp.audit.writer import AuditWriter
+from tests.audit.support import record, us, wait_for, write_log
 
 N = 12
 
@@ -217,3 +220,30 @@ def test_a_single_file_may_continue_an_earlier_one(log: Path, tmp_path: Path) ->
 def test_times_in_the_range_helper() -> None:
     f = Filter(since_us=us(record(2).time), until_us=us(record(4).time))
     assert [i for i in range(6) if f.in_range(record(i).time_us)] == [2, 3]
+
+
+def test_verifying_a_log_while_it_is_written_reports_nothing(tmp_path: Path) -> None:
+    # The head moves after the records it names; verify reads it before the records.
+    d = tmp_path / "live"
+    w = AuditWriter(JsonlSink(d), chain="host", mode="durable")
+    w.start()
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            assert w.submit([record(i)]).wait(10)
+            i += 1
+
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        wait_for(lambda: (d / "host.head").exists(), what="the first batch")
+        for _ in range(30):
+            report = verify(JsonlSource(d))
+            assert all(c.ok for c in report.chains), [describe(c) for c in report.chains]
+    finally:
+        stop.set()
+        t.join(10)
+        w.close()
+    assert check(d).ok
