@@ -37,7 +37,7 @@ from envoy.service.auth.v3 import (  # type: ignore[import-untyped]
 from pdp.audit.record import build_record
 from pdp.audit.recorder import Recorder
 from pdp.engine.decision import Decision, Diagnostic
-from pdp.engine.request import Request
+from pdp.engine.request import Request, Subject
 from pdp.envoy.authorize import CheckOutcome, EnvoyAuthorizer, EnvoySettings
 from pdp.envoy.responses import deny
 from pdp.envoy.routes import RouteTable
@@ -111,14 +111,15 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
             return external_auth_pb2.CheckResponse()
         decision_id = ""
         recorded = False
+        seen: dict[int, Subject] = {}  # the subject as the engine saw it, for the record
         try:
             outcome = self._authorizer(snap.routes).check(
-                request, _decider(snap), datetime.now(UTC)
+                request, _decider(snap, seen), datetime.now(UTC)
             )
             decision_id = outcome.decision_id
             if self._recorder is not None:
                 recorded = True  # tried: a failure of the recorder is handled below
-                why = self._record(snap, outcome, context, started)
+                why = self._record(snap, outcome, context, started, seen)
                 if why is not None:
                     log.error(
                         "Envoy check %s denied: its audit record was not stored: %s",
@@ -183,6 +184,7 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
         outcome: CheckOutcome,
         context: grpc.ServicerContext,
         started: int,
+        seen: dict[int, Subject],
     ) -> str | None:
         """Build and hand over the check's record; why it could not be stored, if so."""
         recorder = self._recorder
@@ -190,11 +192,14 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
         config = recorder.config
         request = outcome.request
         if request is not None and "subject" in config.include:
-            # The subject as the engine saw it, with its stored attributes.
-            try:
-                subject = enrich(request.subject, snap.roles.source)
-            except StoreError:
-                subject = request.subject
+            # The subject as the engine saw it, with its stored attributes (read again
+            # only if the engine never got that far).
+            subject = seen.get(id(request.subject))
+            if subject is None:
+                try:
+                    subject = enrich(request.subject, snap.roles.source)
+                except StoreError:
+                    subject = request.subject
             request = Request(
                 subject, request.action, request.resource, request.context, request.now
             )
@@ -241,11 +246,12 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
             return f"internal error in the audit log ({type(exc).__name__})"
 
 
-def _decider(snap: Snapshot) -> Any:
-    """The engine behind this snapshot, one request at a time (roles from the store)."""
+def _decider(snap: Snapshot, seen: dict[int, Subject]) -> Any:
+    """The engine behind this snapshot, one request at a time (roles from the store);
+    `seen` gets the subjects as the engine saw them (see `evaluate`)."""
     policy, source = snap.policy, snap.roles.source
 
     def decide(request: Request) -> Decision:
-        return evaluate(policy, [request], source, now=request.now)[0]
+        return evaluate(policy, [request], source, now=request.now, seen=seen)[0]
 
     return decide
