@@ -8,7 +8,9 @@ Verification, in order (the first failure is the cause recorded):
    `jwks.ALGORITHM_KEYS`) → `alg_not_allowed`
 3. a key for (`kid`, `alg`) in the key set, refreshing it once if needed
    → `unknown_kid` / `jwks_unavailable`
-4. the signature, by PyJWT with a key bound to that one algorithm → `bad_signature`
+4. the signature, by PyJWT with a key bound to that one algorithm → `bad_signature`;
+   then, when `token_types` is set, the (signed) `typ` header on it, so that an ID
+   token cannot pass for an access token (RFC 9068 `at+jwt`) → `wrong_token_type`
 5. `iss` equal to the configured issuer → `wrong_issuer`; `aud` naming one of the
    configured audiences → `wrong_audience`; `exp` required and not passed, `nbf` and
    `iat` not in the future, each with `leeway` seconds of tolerance for clock skew
@@ -93,6 +95,12 @@ class ClaimMapping:
     scopes: str | None = "scope"
 
 
+def media_type(typ: str) -> str:
+    """`typ` as RFC 7515 §4.1.9 compares it: case-insensitive, `application/` optional."""
+    t = typ.strip().lower()
+    return t.removeprefix("application/")
+
+
 @dataclass(frozen=True, slots=True)
 class JwtSettings:
     """One trusted issuer: who it is, which audiences and algorithms, how much skew."""
@@ -103,6 +111,9 @@ class JwtSettings:
     leeway: float = 30.0
     max_token_bytes: int = 8192
     claims: ClaimMapping = field(default_factory=ClaimMapping)
+    # Accepted `typ` header values, compared as media types (case-insensitive, with or
+    # without `application/`); empty: any, as most issuers set none or `JWT`.
+    token_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.issuer:
@@ -167,6 +178,7 @@ class JwtResolver:
         self._keys = keys
         self._is_revoked = is_revoked
         self._allowed = frozenset(settings.algorithms)
+        self._types = frozenset(media_type(t) for t in settings.token_types)
         self._jws = PyJWS(
             algorithms=list(settings.algorithms),
             options={"verify_signature": True, "enforce_minimum_key_length": True},
@@ -210,6 +222,10 @@ class JwtResolver:
             return fail(Cause.ALG_NOT_ALLOWED, detail=f"{kid_note}: {exc}")
         except PyJWTError as exc:
             return fail(Cause.TOKEN_MALFORMED, detail=str(exc))
+        if s.token_types:
+            typ = header.get("typ")
+            if not isinstance(typ, str) or media_type(typ) not in self._types:
+                return fail(Cause.WRONG_TOKEN_TYPE, detail=f"typ={clip(typ, 30)}")
         try:
             claims = json.loads(raw)
         except (ValueError, RecursionError):

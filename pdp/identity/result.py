@@ -47,6 +47,7 @@ class Cause(StrEnum):
     UNKNOWN_KID = "unknown_kid"  # no key in the JWKS for this kid/alg, even after a refresh
     JWKS_UNAVAILABLE = "jwks_unavailable"  # the key set could never be loaded, or is too old
     BAD_SIGNATURE = "bad_signature"
+    WRONG_TOKEN_TYPE = "wrong_token_type"  # `typ` not on the configured list (e.g. an ID token)
     TOKEN_EXPIRED = "token_expired"  # `exp` passed (beyond the leeway)
     TOKEN_NOT_YET_VALID = "token_not_yet_valid"  # `nbf` (or `iat`) in the future
     WRONG_ISSUER = "wrong_issuer"

@@ -87,6 +87,7 @@ class JwtConfig:
     subject_type: str = "user"
     type_claim: str = ""
     allowed_types: tuple[str, ...] = ()
+    token_types: tuple[str, ...] = ()
     scopes_claim: str = "scope"
     properties: Mapping[str, str] = field(default_factory=dict)  # property → claim path
     revocation_refresh: float = 5.0
@@ -648,6 +649,13 @@ KEYS: tuple[Key, ...] = (
         _strings,
         "identity.jwt.allowed_types",
         "subject types type_claim may name",
+        "list",
+    ),
+    Key(
+        "identity.jwt.token_types",
+        _strings,
+        "identity.jwt.token_types",
+        'accepted `typ` headers, e.g. ["at+jwt"] (RFC 9068); empty: any',
         "list",
     ),
     Key(

@@ -118,6 +118,7 @@ def _jwt_resolver(ident: IdentityConfig, store: object) -> JwtResolver:
         audiences=j.audiences,
         algorithms=j.algorithms,
         leeway=j.leeway,
+        token_types=j.token_types,
         claims=ClaimMapping(
             subject_id=j.subject_claim,
             subject_type=j.subject_type,

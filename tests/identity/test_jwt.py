@@ -178,6 +178,21 @@ def test_a_signature_by_another_key_is_a_bad_signature() -> None:
     assert result.credential_id == ""  # an unverified jti names nothing
 
 
+def test_a_typ_allow_list_keeps_id_tokens_out() -> None:
+    r, _, _ = resolver(token_types=("at+jwt",))
+    for typ in ("at+jwt", "AT+JWT", "application/at+jwt"):  # compared as media types
+        assert isinstance(r.resolve(token(headers={"typ": typ}), NOW), Identity), typ
+    for headers in ({"typ": "JWT"}, {}, {"typ": 7}):  # an ID token, none, nonsense
+        result = r.resolve(token(headers=headers), NOW)
+        assert cause(result) is Cause.WRONG_TOKEN_TYPE, headers
+    # Without a list (the default) any typ is accepted, as most issuers send `JWT`.
+    plain, _, _ = resolver()
+    assert isinstance(plain.resolve(token(headers={"typ": "JWT"}), NOW), Identity)
+    # The signature is checked first: a forged token is a bad signature, whatever typ.
+    forged = token(rsa_key("attacker"), headers={"typ": "JWT"})
+    assert cause(r.resolve(forged, NOW)) is Cause.BAD_SIGNATURE
+
+
 def test_a_changed_payload_breaks_the_signature() -> None:
     r, _, _ = resolver()
     head, _, sig = token().split(".")

@@ -116,6 +116,7 @@ remove_headers = ["Authorization", "x-api-key"]
 issuer = "https://id.example.com"
 audiences = ["docs-api"]
 algorithms = ["ES256"]
+token_types = ["at+jwt"]
 jwks_file = "keys/jwks.json"
 leeway = 10
 properties = {tenant = "org.tenant"}
@@ -149,6 +150,7 @@ def test_envoy_and_identity_settings(tmp_path: Path) -> None:
     assert jwt.enabled and jwt.audiences == ("docs-api",) and jwt.algorithms == ("ES256",)
     assert jwt.jwks_file == str(base / "keys" / "jwks.json")  # relative to the file
     assert jwt.leeway == 5 and dict(jwt.properties) == {"tenant": "org.tenant"}
+    assert jwt.token_types == ("at+jwt",)
     assert cfg.identity.apikeys.pepper == b"s" * 32  # read, whitespace stripped
     assert "pepper=" not in repr(cfg)  # the secret is never shown
     assert cfg.identity.sessions.cookie == "sid" and cfg.identity.sessions.idle_timeout == 900
