@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pdp.cli.common import EXIT_OK, err, out, print_json
+from pdp.cli.common import EXIT_OK, add_json_option, err, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     actor,
@@ -86,7 +86,7 @@ def register(sub: Any) -> None:
     _pepper_option(c)
     add_actor_option(c)
     add_db_option(c)
-    c.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(c)
     c.set_defaults(run=_create)
 
     ls = actions.add_parser(
@@ -98,7 +98,7 @@ def register(sub: Any) -> None:
     ls.add_argument("--subject", metavar="SUBJECT", help="only this subject's keys")
     ls.add_argument("--active", action="store_true", help="leave out revoked and expired keys")
     add_db_option(ls)
-    ls.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(ls)
     ls.set_defaults(run=_list)
 
     r = actions.add_parser(
@@ -109,7 +109,7 @@ def register(sub: Any) -> None:
     )
     r.add_argument("prefix", metavar="PREFIX", help="the key's prefix (or its `pdp_<prefix>_…`)")
     add_db_option(r)
-    r.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(r)
     r.set_defaults(run=_revoke)
 
     ro = actions.add_parser(
@@ -135,7 +135,7 @@ def register(sub: Any) -> None:
     _pepper_option(ro)
     add_actor_option(ro)
     add_db_option(ro)
-    ro.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(ro)
     ro.set_defaults(run=_rotate)
 
 

@@ -23,7 +23,16 @@ from pdp.audit.read import AuditSource, JsonlSource, open_source
 from pdp.audit.record import DecisionRecord, format_time
 from pdp.audit.sink import SinkError
 from pdp.audit.verify import describe, verify
-from pdp.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, err, fail, out, print_json
+from pdp.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_json_option,
+    err,
+    fail,
+    out,
+    print_json,
+)
 
 DEFAULT_LOG = "pdp-audit"
 ENV_LOG = "PDP_AUDIT_LOG"
@@ -106,7 +115,7 @@ def _sub(verbs: Any, name: str, text: str) -> argparse.ArgumentParser:
     )
     where.add_argument("--db", metavar="URL", help=f"the SQL audit table's database (${ENV_DB})")
     p.add_argument("--table", default="pdp_audit", metavar="NAME", help="SQL table (pdp_audit)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     return p
 
 

@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from pdp.cli.common import EXIT_OK, out, print_json
+from pdp.cli.common import EXIT_OK, add_json_option, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     EXIT_ERROR,
@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
     add_policies_option(g)
     add_actor_option(g)
     add_db_option(g)
-    g.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(g)
     g.set_defaults(run=_grant)
 
     r = actions.add_parser(
@@ -79,7 +79,7 @@ def register(sub: Any) -> None:
     r.add_argument("role", metavar="ROLE")
     r.add_argument("--scope", default="global")
     add_db_option(r)
-    r.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(r)
     r.set_defaults(run=_revoke)
 
     ls = actions.add_parser(
@@ -94,7 +94,7 @@ def register(sub: Any) -> None:
     ls.add_argument("--scope", metavar="SCOPE")
     ls.add_argument("--active", action="store_true", help="leave out expired bindings")
     add_db_option(ls)
-    ls.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(ls)
     ls.set_defaults(run=_list)
 
 

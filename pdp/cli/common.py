@@ -33,6 +33,11 @@ def fail(message: str) -> int:
     return EXIT_ERROR
 
 
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """`--json`: machine-readable output instead of text for people."""
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
 def add_formatter(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 from typing import Any
 
-from pdp.cli.common import EXIT_OK, out, print_json
+from pdp.cli.common import EXIT_OK, add_json_option, out, print_json
 from pdp.cli.dbopts import EXIT_CODES, add_db_option, add_store_verb, db_url, handles_store_errors
 from pdp.store.errors import SchemaNotReady
 
@@ -32,13 +32,13 @@ def register(sub: Any) -> None:
         "upgrade", help="migrate the database to this pdp's schema", epilog=EXIT_CODES
     )
     add_db_option(u)
-    u.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(u)
     u.set_defaults(run=_upgrade)
     c = actions.add_parser(
         "current", help="show the schema version and store revision", epilog=EXIT_CODES
     )
     add_db_option(c)
-    c.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(c)
     c.set_defaults(run=_current)
 
 

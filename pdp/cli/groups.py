@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pdp.cli.common import EXIT_OK, out, print_json
+from pdp.cli.common import EXIT_OK, add_json_option, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     actor,
@@ -49,14 +49,14 @@ def register(sub: Any) -> None:
     a.add_argument("members", nargs="+", metavar="MEMBER", help="type:id")
     add_actor_option(a)
     add_db_option(a)
-    a.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(a)
     a.set_defaults(run=_add)
 
     r = actions.add_parser("remove-member", help="take a subject out of a group", epilog=EXIT_CODES)
     r.add_argument("group", metavar="GROUP")
     r.add_argument("member", metavar="MEMBER")
     add_db_option(r)
-    r.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(r)
     r.set_defaults(run=_remove)
 
     ls = actions.add_parser(
@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
     )
     ls.add_argument("group", nargs="?", metavar="GROUP")
     add_db_option(ls)
-    ls.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(ls)
     ls.set_defaults(run=_list)
 
 

@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from pdp.cli.common import EXIT_OK, EXIT_USAGE, fail, out, print_json
+from pdp.cli.common import EXIT_OK, EXIT_USAGE, add_json_option, fail, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     add_db_option,
@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
     ls.add_argument("--subject", metavar="SUBJECT", help="only this subject's sessions")
     ls.add_argument("--active", action="store_true", help="leave out ended sessions")
     add_db_option(ls)
-    ls.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(ls)
     ls.set_defaults(run=_list)
 
     r = actions.add_parser(
@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
     r.add_argument("handle", nargs="?", metavar="HANDLE", help="the session's handle")
     r.add_argument("--subject", metavar="SUBJECT", help="revoke all of this subject's sessions")
     add_db_option(r)
-    r.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(r)
     r.set_defaults(run=_revoke)
 
     pu = actions.add_parser(
@@ -83,7 +83,7 @@ def register(sub: Any) -> None:
         help="keep sessions that ended more recently: 1h, 7d (default 0s: delete all ended)",
     )
     add_db_option(pu)
-    pu.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(pu)
     pu.set_defaults(run=_purge)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pdp.cli.common import EXIT_OK, err, out, print_json
+from pdp.cli.common import EXIT_OK, add_json_option, err, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     EXIT_ERROR,
@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
     add_policies_option(i)
     add_actor_option(i)
     add_db_option(i)
-    i.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(i)
     i.set_defaults(run=_import)
 
     e = actions.add_parser(

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from pdp.cli.common import EXIT_OK, out, print_json
+from pdp.cli.common import EXIT_OK, add_json_option, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     add_db_option,
@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
     s.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove KEY")
     s.add_argument("--replace", action="store_true", help="replace all attributes")
     add_db_option(s)
-    s.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(s)
     s.set_defaults(run=_set)
 
     sh = actions.add_parser(
@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
     )
     sh.add_argument("subject", metavar="TYPE:ID")
     add_db_option(sh)
-    sh.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(sh)
     sh.set_defaults(run=_show)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from pdp.cli.common import EXIT_ERROR, EXIT_OK, fail, out, print_json
+from pdp.cli.common import EXIT_ERROR, EXIT_OK, add_json_option, fail, out, print_json
 from pdp.testing.runner import discover_suites, junit_xml, run_suites
 
 
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("dir", nargs="?", default="policies", metavar="DIR", help="default: policies")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(p)
     p.add_argument(
         "--db",
         metavar="URL",

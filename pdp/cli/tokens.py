@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from pdp.cli.common import EXIT_OK, EXIT_USAGE, fail, out, print_json
+from pdp.cli.common import EXIT_OK, EXIT_USAGE, add_json_option, fail, out, print_json
 from pdp.cli.dbopts import (
     EXIT_CODES,
     actor,
@@ -72,14 +72,14 @@ def register(sub: Any) -> None:
     )
     add_actor_option(r)
     add_db_option(r)
-    r.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(r)
     r.set_defaults(run=_revoke)
 
     ls = actions.add_parser(
         "list", help="list revoked tokens and subject cut-offs", epilog=EXIT_CODES
     )
     add_db_option(ls)
-    ls.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(ls)
     ls.set_defaults(run=_list)
 
     pu = actions.add_parser(
@@ -90,7 +90,7 @@ def register(sub: Any) -> None:
         epilog=EXIT_CODES,
     )
     add_db_option(pu)
-    pu.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(pu)
     pu.set_defaults(run=_purge)
 
 

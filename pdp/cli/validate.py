@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pdp.cli.common import EXIT_ERROR, EXIT_OK, err, load_policies, out, print_json
+from pdp.cli.common import EXIT_ERROR, EXIT_OK, add_json_option, err, load_policies, out, print_json
 
 
 def register(sub: Any) -> None:
@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
     p.add_argument("--schema", metavar="FILE", help="attribute schema (YAML) to type-check against")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_option(p)
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.set_defaults(run=run)
 
