@@ -23,14 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 from benchmarks.server_load import (
     Result,
     check_bytes,
     measure,
     median_round,
-    start,
+    start_pdp,
     stop,
 )
 from benchmarks.timing import Outcome, write_section
@@ -43,46 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## Audit log cost (benchmarks/audit_throughput.py)"
 MODES = {
-    "audit off": ["--set", "audit.sink=none"],
-    "buffered": ["--set", "audit.mode=buffered"],
-    "durable": ["--set", "audit.mode=durable"],
+    "audit off": "audit.sink=none",
+    "buffered": "audit.mode=buffered",
+    "durable": "audit.mode=durable",
 }
 
 
 def serve(mode: str, log: Path, threads: int) -> tuple[object, int, int]:
-    args = [
-        "-m",
-        "pdp.cli.main",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--policies",
-        "policies",
-        "--bindings-file",
-        "examples/bindings.yaml",
-        "--log-level",
-        "warning",
-        "--set",
-        f"threads={threads}",
-        "--set",
-        f"audit.path={log}",
-        *MODES[mode],
-    ]
-    return start(args)
-
-
-def wait_loaded(port: int) -> None:
-    deadline = time.monotonic() + 30
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        info = ch.unary_unary(
-            "/pdp.v1.DecisionService/ServerInfo",
-            request_serializer=pb.ServerInfoRequest.SerializeToString,
-            response_deserializer=pb.ServerInfoResponse.FromString,
-        )
-        while not info(pb.ServerInfoRequest(), timeout=5).policy_version:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the PDP did not load its policies")
-            time.sleep(0.1)
+    return start_pdp(threads, f"audit.path={log}", MODES[mode])
 
 
 def run(
@@ -95,8 +61,6 @@ def run(
     try:
         for mode in MODES:
             servers[mode] = serve(mode, logs / mode.replace(" ", "-"), threads)
-        for _, port, _ in servers.values():
-            wait_loaded(port)
         for i in range(rounds):
             order = list(MODES)[i % 3 :] + list(MODES)[: i % 3]  # rotate who goes first
             for mode in order:

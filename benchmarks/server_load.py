@@ -124,6 +124,44 @@ def start(args: list[str]) -> tuple[subprocess.Popen[str], int, int]:
     raise RuntimeError(f"server did not start: {' '.join(args)}")
 
 
+def start_pdp(threads: int, *settings: str) -> tuple[subprocess.Popen[str], int, int]:
+    """`pdp serve` on the example policies and bindings, with `--set` `settings`,
+    once its policies are loaded."""
+    args = [
+        "-m",
+        "pdp.cli.main",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--policies",
+        "policies",
+        "--bindings-file",
+        "examples/bindings.yaml",
+        "--log-level",
+        "warning",
+    ]
+    for s in (f"threads={threads}", *settings):
+        args += ["--set", s]
+    proc, port, pid = start(args)
+    wait_loaded(port)
+    return proc, port, pid
+
+
+def wait_loaded(port: int) -> None:
+    """Until the PDP on `port` serves a policy version."""
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        info = ch.unary_unary(
+            "/pdp.v1.DecisionService/ServerInfo",
+            request_serializer=pb.ServerInfoRequest.SerializeToString,
+            response_deserializer=pb.ServerInfoResponse.FromString,
+        )
+        while not info(pb.ServerInfoRequest(), timeout=5).policy_version:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the PDP did not load its policies")
+            time.sleep(0.1)
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
@@ -185,42 +223,12 @@ def run(calls: int, concurrency: int, rounds: int, threads: int) -> dict[str, li
         "batch of 100, one document": batch_bytes(one_resource=True),
         "batch of 100, 100 documents": batch_bytes(one_resource=False),
     }
-    pdp, pdp_port, pdp_pid = start(
-        [
-            "-m",
-            "pdp.cli.main",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--policies",
-            "policies",
-            "--bindings-file",
-            "examples/bindings.yaml",
-            "--log-level",
-            "warning",
-            "--set",
-            f"threads={threads}",
-            # The server alone; what the audit log costs is benchmarks/audit_throughput.py.
-            "--set",
-            "audit.sink=none",
-        ]
-    )
+    # The server alone; what the audit log costs is benchmarks/audit_throughput.py.
+    pdp, pdp_port, pdp_pid = start_pdp(threads, "audit.sink=none")
     echo, echo_port, echo_pid = start(["-m", "benchmarks.server_echo", "--threads", str(threads)])
     results: dict[str, list[Result]] = {}
     try:
         pdp_target, echo_target = f"127.0.0.1:{pdp_port}", f"127.0.0.1:{echo_port}"
-        # Wait until the PDP has loaded its policies.
-        deadline = time.monotonic() + 30
-        with grpc.insecure_channel(pdp_target) as ch:
-            info = ch.unary_unary(
-                "/pdp.v1.DecisionService/ServerInfo",
-                request_serializer=pb.ServerInfoRequest.SerializeToString,
-                response_deserializer=pb.ServerInfoResponse.FromString,
-            )
-            while not info(pb.ServerInfoRequest(), timeout=5).policy_version:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the PDP did not load its policies")
-                time.sleep(0.1)
         batch_calls = max(20, calls // 20)
         for _ in range(rounds):
             # Interleaved rounds: all three see the same machine noise.
