@@ -72,6 +72,10 @@ class AuditSource(Protocol):
         """The last (seq, hash) the chain's writer recorded apart from the records, if any."""
         ...
 
+    def head_where(self, chain: str) -> str:
+        """Where that head is kept, for messages (`CHAIN.head`, or a table and chain)."""
+        ...
+
     def follow(
         self, flt: Filter, stop: Callable[[], bool], poll: float = 0.25
     ) -> Iterator[DecisionRecord | Problem]:
@@ -117,6 +121,9 @@ class ScanSource:
 
     def recorded_head(self, chain: str) -> ChainHead | None:
         return None
+
+    def head_where(self, chain: str) -> str:
+        return f"{chain}{HEAD_SUFFIX}"
 
     def _blocks(self, newest_first: bool = False) -> Iterator[tuple[str, int, bytes]]:
         """(file, number of the first line, block of whole lines) for every stored line,

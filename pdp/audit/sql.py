@@ -6,13 +6,20 @@ columns. Every index ends with `(time_us, id)`, so "newest first" with a filter 
 one backward index range scan that stops after a page. Rule ids live in a side table
 (`<table>_rules`) indexed by `(rule_id, time_us, audit_id)`.
 
+A third table (`<table>_heads`) keeps each chain's last written `(seq, hash)`, set in
+the same transaction as the batch: what a chain cannot show by itself is records cut
+from its end, and `verify` compares the chain with its head (as the JSONL log's
+`CHAIN.head` file does).
+
 This module has its own metadata; it shares nothing with the role store's models.
-The tables are created when missing (no migrations yet: schema version 1).
+The tables are created when missing (no migrations yet: schema version 1; the heads
+table is added to an older database by the next server start).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,10 +42,12 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
+    update,
 )
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
@@ -47,6 +56,8 @@ from pdp.audit.query import SECTION_FIELDS, Filter, Page, Problem, QueryError, S
 from pdp.audit.read import Entry, decode_cursor, encode_cursor
 from pdp.audit.record import DecisionRecord, RecordError, parse_line
 from pdp.audit.sink import ChainHead, SinkError
+
+log = logging.getLogger("pdp.audit")
 
 DEFAULT_TABLE = "pdp_audit"
 _ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
@@ -73,8 +84,8 @@ def shown(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def make_tables(metadata: MetaData, name: str) -> tuple[Table, Table]:
-    """The records table and its rules side table, with the search indexes."""
+def make_tables(metadata: MetaData, name: str) -> tuple[Table, Table, Table]:
+    """The records table, its rules side table (with the search indexes), and the heads."""
     audit = Table(
         name,
         metadata,
@@ -116,7 +127,14 @@ def make_tables(metadata: MetaData, name: str) -> tuple[Table, Table]:
         Column("audit_id", _ID, primary_key=True),
         Column("allowed", Boolean, nullable=False),
     )
-    return audit, rules
+    heads = Table(
+        f"{name}_heads",
+        metadata,
+        Column("chain", String(100), primary_key=True),
+        Column("seq", BigInteger, nullable=False),
+        Column("hash", String(64), nullable=False),
+    )
+    return audit, rules, heads
 
 
 def _engine(url: URL) -> Engine:
@@ -157,7 +175,7 @@ class _SqlBase:
         self.url = parse_url(url)
         self.description = f"{shown(self.url)} table {table}"
         self.metadata = MetaData(schema=schema)
-        self.audit, self.rules = make_tables(self.metadata, table)
+        self.audit, self.rules, self.heads = make_tables(self.metadata, table)
         self.engine = _engine(self.url)
 
     def close(self) -> None:
@@ -184,7 +202,7 @@ class SqlSink(_SqlBase):
         self._created = False
 
     def head(self, chain: str) -> ChainHead | None:
-        a = self.audit
+        a, h = self.audit, self.heads
         try:
             if self._create and not self._created:
                 self.metadata.create_all(self.engine, checkfirst=True)
@@ -196,18 +214,32 @@ class SqlSink(_SqlBase):
                     .order_by(a.c.seq.desc())
                     .limit(1)
                 ).first()
+                recorded = conn.execute(select(h.c.seq, h.c.hash).where(h.c.chain == chain)).first()
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
-        if row is None:
-            return None
-        try:
-            record = parse_line(row.record)[0]
-        except RecordError as exc:
-            raise SinkError(
-                f"the last record of chain `{chain}` is not valid ({exc}); "
-                "`pdp audit verify` shows what is wrong"
-            ) from None
-        return ChainHead(record.seq, record.hash)
+        last: ChainHead | None = None
+        if row is not None:
+            try:
+                record = parse_line(row.record)[0]
+            except RecordError as exc:
+                raise SinkError(
+                    f"the last record of chain `{chain}` is not valid ({exc}); "
+                    "`pdp audit verify` shows what is wrong"
+                ) from None
+            last = ChainHead(record.seq, record.hash)
+        if recorded is not None and (last is None or last.seq < recorded.seq):
+            # Rows were deleted from the end. Carry on after the recorded head, so the
+            # gap stays in the chain for verify to name (as the JSONL sink does).
+            log.error(
+                "audit chain %s ends at seq %s but seq %s was written: records were "
+                "removed from the end; continuing after seq %s",
+                chain,
+                last.seq if last is not None else 0,
+                recorded.seq,
+                recorded.seq,
+            )
+            return ChainHead(int(recorded.seq), str(recorded.hash))
+        return last
 
     def write_batch(self, records: Sequence[DecisionRecord], lines: Sequence[str]) -> None:
         if not records:
@@ -254,8 +286,20 @@ class SqlSink(_SqlBase):
                 ]
                 if rule_rows:
                     conn.execute(insert(self.rules), rule_rows)
+                self._move_heads(conn, records)
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
+
+    def _move_heads(self, conn: Connection, records: Sequence[DecisionRecord]) -> None:
+        """Each chain's head to its last record of the batch (in the batch's transaction)."""
+        h = self.heads
+        last = {r.chain: r for r in records}  # a writer's batch is one chain, in order
+        for chain, r in last.items():
+            moved = conn.execute(
+                update(h).where(h.c.chain == chain).values(seq=r.seq, hash=r.hash)
+            ).rowcount
+            if not moved:  # the chain's first batch (or the first since the heads existed)
+                conn.execute(insert(h).values(chain=chain, seq=r.seq, hash=r.hash))
 
 
 class SqlSource(_SqlBase):
@@ -268,6 +312,7 @@ class SqlSource(_SqlBase):
             if not Path(parsed.database).is_file():
                 raise SinkError(f"no SQLite database at {parsed.database}")
         super().__init__(url, table=table, schema=schema)
+        self._heads_exist: bool | None = None  # looked up once, on first use
 
     def _conditions(self, flt: Filter) -> list[ColumnElement[bool]]:
         a = self.audit
@@ -437,19 +482,37 @@ class SqlSource(_SqlBase):
         return out
 
     def recorded_head(self, chain: str) -> ChainHead | None:
-        # Not kept for the SQL sink yet: deleting the newest rows is caught only by
-        # database permissions (see docs/audit.md).
-        return None
-
-    def chains(self) -> list[str]:
-        a = self.audit
+        h = self.heads
         try:
+            if not self._has_heads():
+                return None  # written before heads were kept: nothing to compare with
             with self.engine.connect() as conn:
-                return [
-                    c for (c,) in conn.execute(select(a.c.chain).distinct().order_by(a.c.chain))
-                ]
+                row = conn.execute(select(h.c.seq, h.c.hash).where(h.c.chain == chain)).first()
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
+        return ChainHead(int(row.seq), str(row.hash)) if row is not None else None
+
+    def head_where(self, chain: str) -> str:
+        return f"{self.heads.name} chain {chain}"
+
+    def _has_heads(self) -> bool:
+        if self._heads_exist is None:
+            self._heads_exist = inspect(self.engine).has_table(
+                self.heads.name, schema=self.metadata.schema
+            )
+        return self._heads_exist
+
+    def chains(self) -> list[str]:
+        a, h = self.audit, self.heads
+        try:
+            with self.engine.connect() as conn:
+                found = {c for (c,) in conn.execute(select(a.c.chain).distinct())}
+                if self._has_heads():
+                    # A chain whose every row was deleted still has its head.
+                    found.update(c for (c,) in conn.execute(select(h.c.chain)))
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+        return sorted(found)
 
     def chain_entries(self, chain: str) -> Iterator[Entry]:
         a = self.audit

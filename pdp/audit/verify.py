@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pdp.audit.jsonl import HEAD_SUFFIX
 from pdp.audit.query import Filter
 from pdp.audit.read import AuditSource, Entry
 from pdp.audit.record import GENESIS, record_hash
@@ -104,12 +103,12 @@ def verify(source: AuditSource, flt: Filter | None = None, *, single_file: bool 
         # moves the head, so what is read next reaches at least this far.
         head = source.recorded_head(chain) if flt.until_us is None else None
         out = verify_chain(chain, source.chain_entries(chain), flt, single_file=single_file)
-        _check_head(out, head)
+        _check_head(out, head, source.head_where(chain))
         report.chains.append(out)
     return report
 
 
-def _check_head(out: ChainReport, head: ChainHead | None) -> None:
+def _check_head(out: ChainReport, head: ChainHead | None, where: str) -> None:
     """The chain must reach the head its writer recorded: else records were cut off."""
     if head is None:
         return
@@ -130,7 +129,7 @@ def _check_head(out: ChainReport, head: ChainHead | None) -> None:
         problem = f"the last record (seq {last}) is not the one the writer wrote"
     else:
         return  # at or past the head: a head written just before a crash lags, never leads
-    b = Break(f"{out.chain}{HEAD_SUFFIX}", head.seq if head.seq >= 0 else None, None, problem)
+    b = Break(where, head.seq if head.seq >= 0 else None, None, problem)
     out.breaks += 1
     if out.first_break is None:
         out.first_break = b

@@ -52,7 +52,7 @@ def test_two_chains_share_the_table_and_both_verify(filled: SqlSource) -> None:
 def test_the_tables_and_indexes_exist(filled: SqlSource) -> None:
     insp = inspect(filled.engine)
     name = filled.audit.name
-    assert {name, f"{name}_rules"} <= set(insp.get_table_names())
+    assert {name, f"{name}_rules", f"{name}_heads"} <= set(insp.get_table_names())
     indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes(name)}
     for col in ("subject_id", "resource_id", "resource_type", "action", "allowed", "caller"):
         assert (col, "time_us", "id") in indexed
@@ -81,6 +81,57 @@ def test_tampering_in_the_table_is_found(filled: SqlSource) -> None:
     assert "indexed columns differ from the record: allowed" in ca.first_break.message
     assert cb.first_break is not None and cb.first_break.seq == 10
     assert "record 9 removed or moved" in cb.first_break.message
+
+
+def test_rows_deleted_from_the_end_are_found_by_the_head(filled: SqlSource) -> None:
+    # What the chain alone cannot show: it is intact, only shorter. The head row can.
+    a = filled.audit
+    with filled.engine.begin() as conn:
+        conn.execute(delete(a).where(a.c.chain == "a", a.c.seq > N - 2))
+    ca, cb = verify(filled).chains
+    assert cb.ok
+    assert ca.first_break is not None and ca.first_break.where == f"{a.name}_heads chain a"
+    assert ca.first_break.message == (
+        f"the log ends at seq {N - 2} but the writer wrote seq {N}: records {N - 1} to {N} "
+        "are missing (removed from the end)"
+    )
+
+
+def test_a_chain_whose_every_row_was_deleted_is_still_checked(filled: SqlSource) -> None:
+    a = filled.audit
+    with filled.engine.begin() as conn:
+        conn.execute(delete(a).where(a.c.chain == "b"))
+    report = verify(filled)
+    assert [c.chain for c in report.chains] == ["a", "b"]
+    cb = report.chains[1]
+    assert cb.first_break is not None and "the log ends at seq 0" in cb.first_break.message
+
+
+def test_a_writer_continues_after_the_recorded_head_so_the_gap_stays(
+    filled: SqlSource,
+) -> None:
+    a = filled.audit
+    with filled.engine.begin() as conn:
+        conn.execute(delete(a).where(a.c.chain == "b", a.c.seq > N - 3))
+    w = AuditWriter(SqlSink(filled.url.render_as_string(False), table=a.name), chain="b")
+    w.start()
+    assert w.submit([record(99)]).wait(10)
+    w.close()
+    cb = verify(filled).chains[1]
+    assert cb.last_seq == N + 1
+    assert cb.first_break is not None and cb.first_break.seq == N + 1
+    assert f"records {N - 2} to {N} removed or moved" in cb.first_break.message
+
+
+def test_a_table_written_before_heads_were_kept_still_verifies(filled: SqlSource) -> None:
+    filled.heads.drop(filled.engine)
+    src = SqlSource(filled.url.render_as_string(False), table=filled.audit.name)
+    try:
+        assert src.recorded_head("a") is None
+        report = verify(src)
+        assert report.ok and [c.checked for c in report.chains] == [N, N]
+    finally:
+        src.close()
 
 
 def test_an_edited_record_in_the_table_is_found(filled: SqlSource) -> None:
