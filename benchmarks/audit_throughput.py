@@ -127,19 +127,29 @@ def cpu_ratio(num: list[Result], den: list[Result]) -> float:
     )
 
 
-WHERE = (
-    "Where the cost goes (profiled, and by taking parts away in-process): the call "
-    "thread now only queues a `RecordDraft` (~2 µs); the writer builds each record once, "
-    "in its place in the chain (`seal_draft`: no second frozen copy, which cost as much "
-    "as building it), and serialises it with one f-string. That work, 15–20 µs per "
-    "record on this box when measured alone, is still CPU under the same GIL: with the "
-    "gRPC threads running it measures about twice that, and it is most of what "
-    "`buffered` costs. Durable adds, per call, a wait on the group commit (a lock and a "
-    "GIL hand-off each way; the writer now takes its lock once per batch for counters "
-    "and tickets, and a finished ticket returns without it) and, with few calls in "
-    "flight, an `O_DSYNC` write for every 4–8 records, whose kernel CPU is counted too. "
-    "The ratios vary by ±7 points between runs on this shared box."
-)
+WHERE = """\
+Where the cost goes. Everything the server does in Python runs under one GIL, so its
+throughput follows the CPU it spends per call, and the audit log adds to that:
+
+- **Sealing a record** (building it from the draft, its canonical JSON line and hash):
+  about 14 µs per record in a loop, about 40 µs per call inside the loaded server
+  (sampled with `py-spy --gil`: time holding the GIL). The call thread only queues a
+  `RecordDraft` (~2 µs in a loop); `buffered` seals on the writer thread, `durable` on
+  the thread that leads the group commit. This is most of what `buffered` costs.
+- **Waiting for the group commit** (`durable`): every call blocks on its ticket and
+  wakes when its batch is stored. Voluntary context switches per call (all threads,
+  `/proc/<pid>/task/*/status`, 8 in flight): 14 with the audit log off, 16–17
+  `buffered`, 27 `durable`; each wake-up also takes the GIL back from 15 other threads.
+  Time holding the GIL per call was about 310 µs off and 500 µs durable: `_record`
+  about 110 µs of the difference (sealing 41, the sink write 17, queueing and the
+  ticket the rest), and the rest spread over gRPC's own code, which runs slower between
+  more switches.
+- **The disk** is not the bottleneck: a 1 KB `O_DSYNC` append costs about 30 µs of
+  kernel CPU here (wall time as above), and batches grow with the calls in flight.
+
+The ratios move by ±7 points between runs on this shared box: in 2026-11-27's runs
+`buffered` kept 89–91% (8 in flight) and 77–84% (32), `durable` 67–69% and 69–71%.
+"""
 
 
 def report(
