@@ -23,6 +23,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--workers": ("workers", "processes sharing the port (SO_REUSEPORT); default 1"),
     "--log-level": ("log_level", "debug, info, warning or error"),
 }
+# Other spellings of a flag: `--db` is what every store command of `pdp` calls it.
+ALIASES: dict[str, tuple[str, ...]] = {"--store-url": ("--db",)}
 
 
 def _epilog() -> str:
@@ -64,6 +66,7 @@ def register(sub: Any) -> None:
         metavar = {"listen": "HOST:PORT", "workers": "N", "log_level": "LEVEL"}.get(key)
         p.add_argument(
             flag,
+            *ALIASES.get(flag, ()),
             dest=key,
             metavar=metavar or ("URL" if key == "store.url" else "PATH"),
             type=kind,

@@ -146,3 +146,14 @@ def test_workers_share_one_port(policy_dir: Path, bindings_file: Path) -> None:
         assert proc.wait(30) == 0
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("flag", ["--store-url", "--db"])
+def test_the_store_url_flag_has_the_name_other_commands_use(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pdp.cli.main import main
+
+    assert main(["serve", flag, "sqlite:////tmp/other.db", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert 'url = "sqlite:////tmp/other.db"' in printed
