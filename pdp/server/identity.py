@@ -64,14 +64,27 @@ def build_identity(cfg: ServerConfig) -> ServerIdentity:
     # Every resolver reads the store: API keys and sessions live there, and so does
     # the bearer tokens' revocation list.
     if ident.enabled:
-        from pdp.store.errors import StoreError
+        from pdp.store.config import redact
+        from pdp.store.errors import StoreError, StoreUnavailable
         from pdp.store.sql import SqlStore
 
         try:
             store = SqlStore(cfg.store_url)
-        except StoreError as exc:
+        except StoreUnavailable as exc:
+            # Down right now: start anyway, as the role store does. Until the database
+            # answers, every credential is refused (cause `store_unavailable`, audited);
+            # the resolvers connect again on each use, so this heals by itself.
+            log.error(
+                "identity: the credential store at %s cannot be reached (%s); "
+                "credentials are refused until it can",
+                redact(cfg.store_url),
+                exc.message,
+            )
+            store = SqlStore(cfg.store_url, check_schema=False)
+        except StoreError as exc:  # reachable but unusable (e.g. not migrated): a setting
             raise IdentitySetupError(
-                f"identity: the credential store at {cfg.store_url} cannot be used: {exc.message}"
+                f"identity: the credential store at {redact(cfg.store_url)} cannot be used: "
+                f"{exc.message}"
             ) from None
     resolvers: list[Resolver] = []
     try:

@@ -49,7 +49,7 @@ from tests.identity.keys import (
     token,
     unsigned,
 )
-from tests.server.support import wait_for
+from tests.server.support import free_port, wait_for
 
 POLICY = """
 role viewer
@@ -707,3 +707,55 @@ def test_the_envoy_endpoint_is_not_serving_until_a_route_table_loads(tmp_path: P
     finally:
         channel.close()
         server.stop(0.5)
+
+
+def test_a_credential_store_down_at_start_up_does_not_stop_the_server_and_fails_closed(
+    tmp_path: Path,
+) -> None:
+    # The same as the role store: the server starts, and fails closed meanwhile.
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "docs.pdp").write_text(POLICY, encoding="utf-8")
+    (tmp_path / "bindings.yaml").write_text(BINDINGS, encoding="utf-8")
+    down = f"postgresql://pdp@127.0.0.1:{free_port()}/test"  # nothing listens there
+    cfg = load_config(
+        None,
+        environ={"PDP_APIKEY_PEPPER": PEPPER},
+        flags={
+            "listen": "127.0.0.1:0",
+            "policies": str(policies),
+            "store.bindings_file": str(tmp_path / "bindings.yaml"),
+            "store.url": down,
+            "audit.path": str(tmp_path / "audit"),
+            "identity.apikeys.enabled": True,
+        },
+    )
+    server = PdpServer(cfg)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        pdp = pb_grpc.DecisionServiceStub(channel)
+        req = pb.CheckRequest(
+            actions=[pb.Action(name="read")],
+            resource=pb.Resource(type="document", id="7"),
+            credential=pb.Credential(api_key="pdp_abcdefgh1234_" + "s" * 43),  # well-formed
+        )
+        resp = pdp.Check(req, timeout=10)
+        d = resp.decisions[0]
+        assert not d.decision
+        assert [(x.code, x.message) for x in d.diagnostics] == [
+            ("unauthenticated", "authentication required")
+        ]
+        wait_for(
+            lambda: d.decision_id in {r.decision_id for r in _all_records(tmp_path / "audit")},
+            what="the record",
+        )
+        rec = next(r for r in _all_records(tmp_path / "audit") if r.decision_id == d.decision_id)
+        assert rec.authn is not None and rec.authn["cause"] == "store_unavailable"
+    finally:
+        channel.close()
+        server.stop(0.5)
+
+
+def _all_records(directory: Path) -> list[DecisionRecord]:
+    return JsonlSource(directory).search(Filter(), 1000).records
