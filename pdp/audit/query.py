@@ -240,6 +240,8 @@ class Stats:
     by_rule: Counter[str] = field(default_factory=Counter)
     denied_subjects: Counter[str] = field(default_factory=Counter)
     denied_rules: Counter[str] = field(default_factory=Counter)
+    # Calls whose credential was refused, by the cause only the audit log knows.
+    authn_failures: Counter[str] = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, r: DecisionRecord) -> None:
@@ -256,6 +258,8 @@ class Stats:
             self.denied_subjects[r.subject] += 1
             for reason in r.reasons:
                 self.denied_rules[reason.rule] += 1
+        if r.authn is not None and r.authn.get("result") == "failed":
+            self.authn_failures[str(r.authn.get("cause", ""))] += 1
 
     def to_json(self, top: int) -> dict[str, object]:
         return {
@@ -272,6 +276,7 @@ class Stats:
             "top_denied_rules": [
                 {"rule": s, "count": n} for s, n in ranked(self.denied_rules, top)
             ],
+            "authn_failures_by_cause": dict(ranked(self.authn_failures)),
             "problems": [str(p) for p in self.problems],
         }
 

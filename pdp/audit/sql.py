@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    cast,
     create_engine,
     event,
     func,
@@ -477,9 +479,25 @@ class SqlSource(_SqlBase):
                     .limit(1000)
                 ):
                     out.denied_subjects[f"{kind}:{ident}"] = count
+                # The LIKE (the same as a search for authn.result=failed) narrows the
+                # rows cheaply; the JSON test then decides.
+                failed = [self._term("authn.result", "failed")]
+                failed.append(self._json_text("authn", "result") == "failed")
+                cause = self._json_text("authn", "cause")
+                for value, count in conn.execute(
+                    select(cause, n).where(*conds, *failed).group_by(cause)
+                ):
+                    out.authn_failures[value or ""] = count
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
         return out
+
+    def _json_text(self, *path: str) -> ColumnElement[str]:
+        """A value inside the stored record, as text (SQLite's and PostgreSQL's own way)."""
+        record = self.audit.c.record
+        if self.engine.dialect.name == "sqlite":
+            return func.json_extract(record, "$." + ".".join(path), type_=String)
+        return func.json_extract_path_text(cast(record, JSON), *path, type_=String)
 
     def recorded_head(self, chain: str) -> ChainHead | None:
         h = self.heads

@@ -438,6 +438,7 @@ def _print_stats(s: Stats, top: int) -> None:
         ("by rule", s.by_rule, top),
         ("top denied subjects", s.denied_subjects, top),
         ("top denying rules", s.denied_rules, top),
+        ("authentication failures by cause", s.authn_failures, None),
     ):
         table = Table(title=title, title_justify="left", box=None, pad_edge=False)
         table.add_column("", overflow="fold")

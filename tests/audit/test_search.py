@@ -27,6 +27,11 @@ def dataset() -> list[DecisionRecord]:
         r = record(i, caller="svc-b" if i % 7 == 0 else "svc-a")
         if i < 10:
             r = replace(r, policy_version="sha256:0000000000000000")
+        if i % 10 in (1, 2, 3):  # calls that carried a credential
+            ok = {"result": "ok", "method": "apikey"}
+            cause = "token_expired" if i % 10 == 1 else "key_unknown"
+            failed = {"result": "failed", "cause": cause, "method": "bearer"}
+            r = replace(r, authn=ok if i % 10 == 3 else failed)
         out.append(r)
     return out
 
@@ -157,6 +162,13 @@ def test_stats(source: AuditSource) -> None:
     only = source.stats(make_filter(["rule=doc.tenant", "action=write"]))
     assert only.total == sum(1 for r in tenant if r.action == "write")
     assert only.to_json(2)["top_denied_rules"] == [{"rule": "doc.tenant", "count": only.total}]
+    assert s.authn_failures == {"token_expired": N // 10, "key_unknown": N // 10}
+    denied = source.stats(make_filter(["decision=deny"])).authn_failures
+    assert (
+        0
+        < denied.total()
+        == sum(1 for r in denies if r.authn is not None and r.authn["result"] == "failed")
+    )
 
 
 def test_chain_entries_in_chain_order(source: AuditSource) -> None:
