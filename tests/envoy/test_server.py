@@ -33,7 +33,7 @@ from pdp.envoy.responses import FORBIDDEN_BODY, UNAUTHORIZED_BODY
 from pdp.identity.apikeys import ApiKeys, KeyHasher
 from pdp.identity.sessions import Sessions
 from pdp.server.app import PdpServer
-from pdp.server.config import load_config
+from pdp.server.config import ServerConfig, load_config
 from pdp.server.envoy_service import SERVICE_NAME as ENVOY_SERVICE
 from pdp.store.identity import SqlApiKeys, SqlSessions, SqlTokenRevocations
 from pdp.store.sql import SqlStore
@@ -164,27 +164,40 @@ class World:
         return d.status.code, dict(header_values(resp)), d.body, resp
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("envoy-server")
+def _config(root: Path, store_url: str, routes: str | None = None, **flags: Any) -> ServerConfig:
+    """A server on `root`: the test policy (and `routes`), its bindings file, `flags`."""
     policies = root / "policies"
     policies.mkdir()
     (policies / "docs.pdp").write_text(POLICY, encoding="utf-8")
-    (policies / "routes.yaml").write_text(ROUTES, encoding="utf-8")
+    if routes is not None:
+        (policies / "routes.yaml").write_text(routes, encoding="utf-8")
     (root / "bindings.yaml").write_text(BINDINGS, encoding="utf-8")
-    _Jwks.body = jwks(public_jwk(rsa_key(), "rsa-1"))
-    http = ThreadingHTTPServer(("127.0.0.1", 0), _Jwks)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    db = f"sqlite:///{root / 'pdp.db'}"
-    cfg = load_config(
+    return load_config(
         None,
         environ={"PDP_APIKEY_PEPPER": PEPPER},
         flags={
             "listen": "127.0.0.1:0",
             "policies": str(policies),
             "store.bindings_file": str(root / "bindings.yaml"),
-            "store.url": db,
+            "store.url": store_url,
             "reload.debounce_ms": 50,
+            **flags,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("envoy-server")
+    _Jwks.body = jwks(public_jwk(rsa_key(), "rsa-1"))
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _Jwks)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    db = f"sqlite:///{root / 'pdp.db'}"
+    cfg = _config(
+        root,
+        db,
+        ROUTES,
+        **{
             "audit.path": str(root / "audit"),
             "envoy.enabled": True,
             "envoy.remove_headers": ["authorization", "x-api-key"],
@@ -200,6 +213,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "identity.sessions.idle_timeout": 600,
         },
     )
+    policies = root / "policies"
     server = PdpServer(cfg)
     port = server.start()
     store = SqlStore(db)
@@ -664,25 +678,13 @@ def test_failures_do_the_same_store_work_whether_or_not_the_credential_exists(
 
 
 def test_the_envoy_endpoint_is_not_serving_until_a_route_table_loads(tmp_path: Path) -> None:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "docs.pdp").write_text(POLICY, encoding="utf-8")
-    (policies / "routes.yaml").write_text("routes: [oops]\n", encoding="utf-8")
-    (tmp_path / "bindings.yaml").write_text(BINDINGS, encoding="utf-8")
-    cfg = load_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "policies": str(policies),
-            "store.bindings_file": str(tmp_path / "bindings.yaml"),
-            "store.url": f"sqlite:///{tmp_path / 'pdp.db'}",
-            "reload.debounce_ms": 50,
-            "audit.sink": "none",
-            "envoy.enabled": True,
-            "identity.sessions.enabled": True,
-        },
+    cfg = _config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'pdp.db'}",
+        "routes: [oops]\n",
+        **{"audit.sink": "none", "envoy.enabled": True, "identity.sessions.enabled": True},
     )
+    policies = tmp_path / "policies"
     server = PdpServer(cfg)
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -713,22 +715,11 @@ def test_a_credential_store_down_at_start_up_does_not_stop_the_server_and_fails_
     tmp_path: Path,
 ) -> None:
     # The same as the role store: the server starts, and fails closed meanwhile.
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "docs.pdp").write_text(POLICY, encoding="utf-8")
-    (tmp_path / "bindings.yaml").write_text(BINDINGS, encoding="utf-8")
     down = f"postgresql://pdp@127.0.0.1:{free_port()}/test"  # nothing listens there
-    cfg = load_config(
-        None,
-        environ={"PDP_APIKEY_PEPPER": PEPPER},
-        flags={
-            "listen": "127.0.0.1:0",
-            "policies": str(policies),
-            "store.bindings_file": str(tmp_path / "bindings.yaml"),
-            "store.url": down,
-            "audit.path": str(tmp_path / "audit"),
-            "identity.apikeys.enabled": True,
-        },
+    cfg = _config(
+        tmp_path,
+        down,
+        **{"audit.path": str(tmp_path / "audit"), "identity.apikeys.enabled": True},
     )
     server = PdpServer(cfg)
     port = server.start()
