@@ -164,7 +164,7 @@ class World:
         return d.status.code, dict(header_values(resp)), d.body, resp
 
 
-def _config(root: Path, store_url: str, routes: str | None = None, **flags: Any) -> ServerConfig:
+def _config(root: Path, store_url: str, *, routes: str | None = None, **flags: Any) -> ServerConfig:
     """A server on `root`: the test policy (and `routes`), its bindings file, `flags`."""
     policies = root / "policies"
     policies.mkdir()
@@ -196,7 +196,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     cfg = _config(
         root,
         db,
-        ROUTES,
+        routes=ROUTES,
         **{
             "audit.path": str(root / "audit"),
             "envoy.enabled": True,
@@ -681,7 +681,7 @@ def test_the_envoy_endpoint_is_not_serving_until_a_route_table_loads(tmp_path: P
     cfg = _config(
         tmp_path,
         f"sqlite:///{tmp_path / 'pdp.db'}",
-        "routes: [oops]\n",
+        routes="routes: [oops]\n",
         **{"audit.sink": "none", "envoy.enabled": True, "identity.sessions.enabled": True},
     )
     policies = tmp_path / "policies"
