@@ -197,7 +197,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         root,
         db,
         routes=ROUTES,
-        **{
+        flags={
             "audit.path": str(root / "audit"),
             "envoy.enabled": True,
             "envoy.remove_headers": ["authorization", "x-api-key"],
@@ -682,7 +682,7 @@ def test_the_envoy_endpoint_is_not_serving_until_a_route_table_loads(tmp_path: P
         tmp_path,
         f"sqlite:///{tmp_path / 'pdp.db'}",
         routes="routes: [oops]\n",
-        **{"audit.sink": "none", "envoy.enabled": True, "identity.sessions.enabled": True},
+        flags={"audit.sink": "none", "envoy.enabled": True, "identity.sessions.enabled": True},
     )
     policies = tmp_path / "policies"
     server = PdpServer(cfg)
@@ -719,7 +719,7 @@ def test_a_credential_store_down_at_start_up_does_not_stop_the_server_and_fails_
     cfg = _config(
         tmp_path,
         down,
-        **{"audit.path": str(tmp_path / "audit"), "identity.apikeys.enabled": True},
+        flags={"audit.path": str(tmp_path / "audit"), "identity.apikeys.enabled": True},
     )
     server = PdpServer(cfg)
     port = server.start()
