@@ -164,7 +164,9 @@ class World:
         return d.status.code, dict(header_values(resp)), d.body, resp
 
 
-def _config(root: Path, store_url: str, *, routes: str | None = None, **flags: Any) -> ServerConfig:
+def _config(
+    root: Path, store_url: str, flags: dict[str, Any], *, routes: str | None = None
+) -> ServerConfig:
     """A server on `root`: the test policy (and `routes`), its bindings file, `flags`."""
     policies = root / "policies"
     policies.mkdir()
