@@ -151,6 +151,9 @@ class PdpServer:
         )
         self.health = health.HealthServicer()
         self._stopped = False
+        # Set before the recorder opens: a sink failing to open reports to health.
+        self.envoy: EnvoyService | None = None
+        self._started = False
         # Durable audit: no answers without records, so a failing sink is NOT_SERVING.
         self._audit_ok = True
         self.recorder = decision_recorder(
@@ -166,7 +169,6 @@ class PdpServer:
             started_at=self.started_at,
             authenticator=self.identity.authenticator if self.cfg.identity.enabled else None,
         )
-        self.envoy: EnvoyService | None = None
         if self.cfg.envoy.enabled:
             if not self.cfg.identity.enabled:
                 log.warning(
@@ -208,6 +210,7 @@ class PdpServer:
             error = rec.stats().last_error
             rec.close(1.0)
             raise StartupError(f"audit log: {error}")
+        self._started = True
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.add_generic_rpc_handlers((self.service.handler(),))
         services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -247,7 +250,7 @@ class PdpServer:
         if self.cfg.audit.mode != "durable":
             return  # buffered: answers go on; the loss is counted in ServerInfo
         self._audit_ok = healthy
-        if not healthy:
+        if not healthy and self._started:  # before start(), start() says it (and stops)
             log.error(
                 "audit log failing (%s): decisions are denied until it recovers; "
                 "health is NOT_SERVING",
