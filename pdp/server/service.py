@@ -504,6 +504,8 @@ class DecisionService:
             )
             if failure is not None:
                 decisions = self._unrecorded(decisions, ids, failure)
+                # Without a record the answer carries no decision id: an id promises one.
+                ids = [""] * len(decisions)
         return [
             pb.Decision(
                 decision=d.allowed,
@@ -597,7 +599,8 @@ class DecisionService:
         now = time.monotonic()
         if now - self._audit_denied_logged > 1.0:  # at most once a second under load
             self._audit_denied_logged = now
-            log.error("decisions %s denied: their audit records were not stored: %s", ids, why)
+            shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            log.error("decisions %s denied: their audit records were not stored: %s", shown, why)
         diag = Diagnostic(
             "audit_unavailable",
             "the decision could not be recorded in the audit log, so it is denied",

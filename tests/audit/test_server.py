@@ -207,6 +207,7 @@ def test_durable_denies_when_the_sink_fails_and_says_so(serve: Any) -> None:
     d = s.client.check(ALICE, "read", DOC)
     assert not d.allowed
     assert [x.code for x in d.diagnostics] == ["audit_unavailable"]
+    assert d.decision_id == ""  # no record holds it, so no id is handed out
     wait_for(lambda: health_status(s.target) == "NOT_SERVING", what="NOT_SERVING")
     info = s.client.server_info().audit
     assert not info.healthy and info.rejected >= 1 and "disk gone" in info.last_error
