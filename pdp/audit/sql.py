@@ -70,8 +70,10 @@ def parse_url(text: str) -> URL:
     try:
         url = make_url(text)
     except ArgumentError:
+        from pdp.store.config import redact_text
+
         raise SinkError(
-            f"`{text}` is not a database URL; write e.g. sqlite:///pdp-audit.db or "
+            f"`{redact_text(text)}` is not a database URL; write e.g. sqlite:///pdp-audit.db or "
             "postgresql://user@host:5432/db"
         ) from None
     backend = url.get_backend_name()

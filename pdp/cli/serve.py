@@ -119,9 +119,13 @@ def _toml(cfg: Any) -> str:
     from pdp.server.config import KEYS_BY_NAME, value_of
 
     sections: dict[str, list[str]] = {}
+    from pdp.store.config import redact
+
     for name, key in KEYS_BY_NAME.items():
         section, _, leaf = name.rpartition(".")
         value = value_of(cfg, key.attr)
+        if isinstance(value, str) and leaf.endswith("url"):
+            value = redact(value) if value else value  # passwords are never printed
         sections.setdefault(section, []).append(f"{leaf} = {_toml_value(value)}")
     parts = ["\n".join(sections.pop(""))]
     parts += [f"[{s}]\n" + "\n".join(lines) for s, lines in sections.items()]

@@ -215,6 +215,35 @@ def _string(v: object) -> str:
     return v
 
 
+class _ValueShown(ValueError):
+    """The message already shows the value, as it may be shown (a URL's password masked)."""
+
+
+def _store_url(v: object) -> str:
+    from pdp.store.config import parse_url  # SQLAlchemy: only when a URL is given
+    from pdp.store.errors import StoreError
+
+    url = _string(v)
+    try:
+        parse_url(url)
+    except StoreError as exc:
+        raise _ValueShown(exc.message) from None
+    return url
+
+
+def _audit_url(v: object) -> str:
+    url = _string(v)
+    if url:  # "" unless audit.sink = "sql", which checks that it is set
+        from pdp.audit.sink import SinkError
+        from pdp.audit.sql import parse_url
+
+        try:
+            parse_url(url)
+        except SinkError as exc:
+            raise _ValueShown(str(exc)) from None
+    return url
+
+
 def _strings(v: object) -> tuple[str, ...]:
     if not isinstance(v, list | tuple) or not all(isinstance(s, str) and s for s in v):
         raise ValueError("must be a list of non-empty strings")
@@ -341,7 +370,7 @@ KEYS: tuple[Key, ...] = (
         "debug, info, warning or error",
         "str",
     ),
-    Key("store.url", _string, "store_url", "role bindings database URL", "str"),
+    Key("store.url", _store_url, "store_url", "role bindings database URL", "str"),
     Key(
         "store.poll_interval",
         _positive_number,
@@ -385,7 +414,7 @@ KEYS: tuple[Key, ...] = (
         "jsonl: the audit directory; empty: pdp-audit/ next to the SQLite store or bindings file",
         "str",
     ),
-    Key("audit.url", _string, "audit.url", "sql: database URL of the audit table", "str"),
+    Key("audit.url", _audit_url, "audit.url", "sql: database URL of the audit table", "str"),
     Key("audit.table", _string, "audit.table", "sql: the audit table's name", "str"),
     Key(
         "audit.mode",
@@ -894,7 +923,8 @@ def load_config(
         try:
             checked[k] = KEYS_BY_NAME[k].check(v)
         except ValueError as exc:
-            raise ConfigError(f"{sources[k]}: {k}: {exc}, got {_show(v)}") from None
+            got = "" if isinstance(exc, _ValueShown) else f", got {_show(v)}"
+            raise ConfigError(f"{sources[k]}: {k}: {exc}{got}") from None
     return _build(checked, sources, env)
 
 

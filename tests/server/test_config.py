@@ -221,3 +221,15 @@ def test_identity_from_the_environment_and_flags() -> None:
     assert dict(cfg.identity.jwt.properties) == {"t": "org.t"}
     with pytest.raises(ConfigError, match="PDP_IDENTITY_ORDER: identity.order: must list"):
         load_config(None, environ={"PDP_IDENTITY_ORDER": "bearer,bearer"})
+
+
+def test_database_urls_are_checked_when_read_and_never_echo_a_password() -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_config(None, environ={}, flags={"store.url": "postgresql//pdp:s3cret@db/pdp"})
+    assert "store.url: `postgresql//pdp:***@db/pdp` is not a database URL" in str(bad.value)
+    with pytest.raises(
+        ConfigError, match="audit.url: unsupported database `mysql`; use SQLite or PostgreSQL$"
+    ):
+        load_config(None, environ={}, flags={"audit.url": "mysql://pdp:s3cret@db/pdp"})
+    ok = load_config(None, environ={}, flags={"store.url": "postgresql://pdp@db/pdp"})
+    assert ok.store_url == "postgresql://pdp@db/pdp"

@@ -157,3 +157,14 @@ def test_the_store_url_flag_has_the_name_other_commands_use(
     assert main(["serve", flag, "sqlite:////tmp/other.db", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert 'url = "sqlite:////tmp/other.db"' in printed
+
+
+def test_print_config_hides_database_passwords(capsys: pytest.CaptureFixture[str]) -> None:
+    from pdp.cli.main import main
+
+    args = ["serve", "--db", "postgresql://pdp:s3cret@127.0.0.1/pdp", "--print-config"]
+    assert main([*args, "--set", "audit.sink=sql", "--set", "audit.url=sqlite:///a.db"]) == 0
+    printed = capsys.readouterr().out
+    assert "s3cret" not in printed
+    assert 'url = "postgresql://pdp:***@127.0.0.1/pdp"' in printed
+    assert 'url = "sqlite:///a.db"' in printed
