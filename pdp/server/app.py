@@ -306,6 +306,8 @@ def configure_logging(level: str) -> None:
     )
     # Migrations' chatter at start-up is not news for someone running a server.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # "N changes detected": we log what a change leads to (reloading what) ourselves.
+    logging.getLogger("watchfiles").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def serve(

@@ -111,7 +111,12 @@ class Reloader:
     def _relevant(self, change: watchfiles.Change, path: str) -> bool:
         if not self._default_filter(change, path):
             return False
-        return not (self._ignore and any(Path(path).is_relative_to(i) for i in self._ignore))
+        p = Path(path)
+        if self._ignore and any(p.is_relative_to(i) for i in self._ignore):
+            return False
+        # A watched file's directory may be busy (a bindings file in /tmp): only the
+        # policies and the named files count.
+        return p.is_relative_to(self._policies) or p in (self._schema, self._bindings, self._routes)
 
     def _is_policy(self, p: Path) -> bool:
         if p == self._schema or p == self._routes:

@@ -173,6 +173,7 @@ class ServingState:
             self._failed("policies", version, [e.render() for e in result.errors], now)
             return None, 0
         policy = compile_policy_set(result.policy_set)
+        failed_before = self.last_reload is not None and not self.last_reload.ok
         self.last_reload = ReloadResult(True, now, "policies", policy.version)
         for w in result.warnings:
             log.warning("%s", w.render())
@@ -183,6 +184,8 @@ class ServingState:
                 policy.version,
                 len(result.sources),
             )
+        elif failed_before:  # fixed back to what is served: the error is over, say so
+            log.info("policy files are valid again; serving %s", policy.version)
         return policy, len(result.sources)
 
     def _routes(self, policy: CompiledPolicySet, last: RouteTable | None) -> RouteTable | None:
@@ -222,11 +225,13 @@ class ServingState:
 
     def _failed(self, what: str, version: str, errors: list[str], now: datetime) -> None:
         self.last_reload = ReloadResult(False, now, what, version, tuple(errors))
-        keeping = (
-            f"; still serving policy_version {self.snapshot.policy.version}"
-            if self.snapshot
-            else "; not serving until this is fixed"
-        )
+        if self.snapshot is None:
+            keeping = "; not serving until this is fixed"
+        elif what == "bindings":
+            version = self.snapshot.roles.version() or "its version not known yet"
+            keeping = f"; still serving the last good bindings ({version})"
+        else:
+            keeping = f"; still serving policy_version {self.snapshot.policy.version}"
         log.error("loading %s failed%s:\n%s", what, keeping, "\n\n".join(errors))
 
     def _swap(self, snap: Snapshot) -> None:

@@ -6,6 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from pdp.client import PdpClient
 from pdp.server.app import PdpServer
 from pdp.server.config import load_config
@@ -39,7 +41,10 @@ def test_good_change_is_swapped_in(running: Running) -> None:
     assert info.last_reload.ok and info.last_reload.policy_version == after
 
 
-def test_bad_change_keeps_the_last_good_set(running: Running) -> None:
+def test_bad_change_keeps_the_last_good_set(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="pdp.server")
     client = running.client
     good = version(client)
     docs = running.policy_dir / "docs.pdp"
@@ -57,6 +62,8 @@ def test_bad_change_keeps_the_last_good_set(running: Running) -> None:
     docs.write_text(text, "utf-8")
     wait_for(lambda: client.server_info().last_reload.ok, what="the recovery")
     assert version(client) == good
+    # The log says it is over, not only that it failed.
+    assert f"policy files are valid again; serving {good}" in caplog.text
 
 
 def test_deleted_file_removes_its_rules(running: Running) -> None:
@@ -143,3 +150,23 @@ def test_a_configmap_style_swap_is_one_reload(
     finally:
         client.close()
         server.stop(0.5)
+
+
+def test_only_the_policies_and_the_named_files_count_as_changes(tmp_path: Path) -> None:
+    # A bindings file may sit in a busy directory (/tmp): its neighbours are not news.
+    import watchfiles
+
+    from pdp.server.reload import Reloader
+    from pdp.server.roles import BindingsFileBackend
+    from pdp.server.state import ServingState
+
+    (tmp_path / "policies").mkdir()
+    bindings = tmp_path / "bindings.yaml"
+    state = ServingState(str(tmp_path / "policies"), "", BindingsFileBackend(bindings))
+    relevant = Reloader(state)._relevant
+    root = tmp_path.resolve()
+    added = watchfiles.Change.added
+    assert relevant(added, str(root / "policies" / "docs.pdp"))
+    assert relevant(added, str(root / "bindings.yaml"))
+    assert not relevant(added, str(root / "other.txt"))
+    assert not relevant(added, str(root / "scratch" / "x.yaml"))
