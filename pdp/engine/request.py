@@ -63,6 +63,12 @@ class Request:
     now: datetime | None = None
 
 
+def is_scope_name(text: str) -> bool:
+    """`type/id` with both parts present (`folder/7`; an id may hold more slashes)."""
+    cut = text.find("/")
+    return 0 < cut < len(text) - 1
+
+
 class RequestError(ValueError):
     """A request that cannot be evaluated; `field` names the offending part."""
 
@@ -154,7 +160,7 @@ def _resource(value: object, where: str) -> Resource:
     obj = _obj(value, where)
     ancestors = obj.get("ancestors") or ()
     if not isinstance(ancestors, list | tuple) or not all(
-        isinstance(a, str) and "/" in a for a in ancestors
+        isinstance(a, str) and is_scope_name(a) for a in ancestors
     ):
         raise RequestError(f"{where}.ancestors", "must be a list of `type/id` strings")
     return Resource(

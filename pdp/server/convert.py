@@ -23,7 +23,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from pdp.engine.request import Action, Resource, Subject
+from pdp.engine.request import Action, Resource, Subject, is_scope_name
 from pdp.server.config import Limits
 from pdp.v1 import decision_pb2 as pb
 
@@ -193,7 +193,7 @@ class Converter:
             and len(ancestors) <= self._max_ancestors
         ):
             for a in ancestors:
-                if len(a) > max_str or "/" not in a:
+                if len(a) > max_str or not is_scope_name(a):
                     break
             else:
                 return Resource(type_, id_, props, ancestors)
@@ -208,7 +208,7 @@ class Converter:
         _required(type_, where + ".type")
         _required(id_, where + ".id")
         for i, a in enumerate(ancestors):
-            if "/" not in a:
+            if not is_scope_name(a):
                 raise InputError(f"{where}.ancestors[{i}]", "must be `type/id`, e.g. `folder/7`")
         return Resource(type_, id_, props, ancestors)
 

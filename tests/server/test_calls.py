@@ -80,9 +80,12 @@ def test_bad_input_of_one_evaluation_is_a_deny_not_a_failed_call(client: PdpClie
     ds = client.check_actions(ALICE, ["read", ""], DOC)
     assert [d.allowed for d in ds] == [True, False]
     assert "`actions[1].name` is required" in ds[1].diagnostics[0].message
-    bad_ancestor = {**DOC, "ancestors": ["nope"]}
-    d = client.check(ALICE, "read", bad_ancestor)
-    assert "`resource.ancestors[0]` must be `type/id`" in d.diagnostics[0].message
+    for bad in ("nope", "folder/", "/7", "/"):
+        d = client.check(ALICE, "read", {**DOC, "ancestors": ["folder/7", bad]})
+        assert not d.allowed and d.diagnostics[0].code == "invalid_request", bad
+        assert "`resource.ancestors[1]` must be `type/id`" in d.diagnostics[0].message
+    # An id may hold slashes: only the first one separates the type.
+    assert client.check(ALICE, "read", {**DOC, "ancestors": ["folder/7/8"]}).allowed
 
 
 def test_evaluations_defaults_and_order(client: PdpClient) -> None:
