@@ -620,6 +620,17 @@ def test_functions(expr: str, props: dict[str, Any], want: bool) -> None:
             "invalid_value",
             "`nope` is not an ISO 8601 time",
         ),
+        # Shapes Python's own parser would take, none of them a time a person wrote:
+        # a run of digits (the year 1111), the basic form, a week date, an hour alone.
+        *(
+            (
+                "time(resource.a) < now()",
+                {"a": text},
+                "invalid_value",
+                f"`{text}` is not an ISO 8601 time",
+            )
+            for text in ("1" * 16, "20261126T090000", "2026-W48-4", "2026-11-26T09Z")
+        ),
         (
             "hour(resource.a) == 1",
             {"a": "2026-01-01"},
