@@ -34,7 +34,7 @@ def _epilog() -> str:
     values = defaults()
     for key in KEYS:
         default = values[key.name]
-        shown = f'"{default}"' if isinstance(default, str) else str(default).lower()
+        shown = _toml_value(list(default) if isinstance(default, tuple) else default)
         lines.append(f"  {key.name:<28} {env_name(key.name):<30} {shown}")
         lines.append(f"      {key.help}")
     lines += [
