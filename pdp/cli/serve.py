@@ -6,8 +6,18 @@ import argparse
 import os
 from typing import Any
 
-from pdp.cli.common import EXIT_ERROR, EXIT_OK, fail, out
-from pdp.server.config import KEYS, ConfigError, defaults, env_name, load_config, parse_set
+from rich.markup import escape
+
+from pdp.cli.common import EXIT_ERROR, EXIT_OK, err, fail, out
+from pdp.server.config import (
+    KEYS,
+    ConfigError,
+    defaults,
+    env_name,
+    load_config,
+    parse_set,
+    unknown_variables,
+)
 
 # Flags with a name of their own: flag → (config key, help). Every key can also be set
 # with `--set key=value` or its environment variable.
@@ -102,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         fail(str(exc))
         return 2
+    for line in unknown_variables(os.environ):
+        err.print(f"[yellow]warning[/]: {escape(line)}", markup=True)
     if args.print_config:
         out.print(_toml(cfg), markup=False, highlight=False)
         return EXIT_OK

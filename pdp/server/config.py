@@ -868,6 +868,23 @@ def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, object]]:
     return out
 
 
+# `PDP_*` variables that are not server settings but mean something to `pdp` commands.
+OTHER_VARIABLES = frozenset(
+    {"PDP_DB_URL", "PDP_APIKEY_PEPPER", "PDP_AUDIT_DB", "PDP_AUDIT_LOG", "PDP_ACTOR"}
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each `PDP_*` variable that names no setting (a typo would be ignored)."""
+    known = {env_name(k.name) for k in KEYS} | OTHER_VARIABLES
+    lines = []
+    for name in sorted(environ):
+        if name.startswith("PDP_") and name not in known:
+            hint = did_you_mean(name, known)
+            lines.append(f"{name}: not a setting, ignored" + (f"; {hint}" if hint else ""))
+    return lines
+
+
 def parse_set(items: list[str]) -> dict[str, object]:
     """`--set key=value` flags → key → value."""
     out: dict[str, object] = {}

@@ -233,3 +233,18 @@ def test_database_urls_are_checked_when_read_and_never_echo_a_password() -> None
         load_config(None, environ={}, flags={"audit.url": "mysql://pdp:s3cret@db/pdp"})
     ok = load_config(None, environ={}, flags={"store.url": "postgresql://pdp@db/pdp"})
     assert ok.store_url == "postgresql://pdp@db/pdp"
+
+
+def test_unknown_pdp_variables_are_named_not_silently_ignored() -> None:
+    from pdp.server.config import unknown_variables
+
+    env = {
+        "PDP_LIMITS_MAX_BACH": "3",  # a typo
+        "PDP_LIMITS_MAX_BATCH": "3",
+        "PDP_DB_URL": "sqlite:///x.db",  # the store commands' variable
+        "PDP_APIKEY_PEPPER": "p" * 40,
+        "HOME": "/root",
+    }
+    assert unknown_variables(env) == [
+        "PDP_LIMITS_MAX_BACH: not a setting, ignored; did you mean `PDP_LIMITS_MAX_BATCH`?"
+    ]
