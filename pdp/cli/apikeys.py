@@ -243,7 +243,7 @@ def _create(args: argparse.Namespace) -> int:
         if not s or any(ch.isspace() for ch in s) or not s.isprintable():
             raise ApiKeyError(f"scope `{s}` must be non-empty printable text without spaces")
     pepper = load_pepper(args.pepper_file)
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         issued = _manager(args, store, pepper).create(
             kind, ident, now=now, name=args.name, scopes=scopes, expires_at=expires
         )

@@ -109,7 +109,7 @@ def _grant(args: argparse.Namespace) -> int:
     if roles is None:
         return EXIT_ERROR
     roles.check(args.role)
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         result = store.grant(
             args.subject,
             args.role,

@@ -163,4 +163,4 @@ def open_db(url: str) -> SqlStore:
     """The SQL store as an uncached role source (one query per lookup)."""
     from pdp.store.sql import SqlStore  # lazily: only `--db` needs SQLAlchemy
 
-    return SqlStore(url)
+    return SqlStore(url, auto_create=False)  # reads only: a missing file is an error

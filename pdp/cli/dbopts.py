@@ -91,11 +91,15 @@ def db_url(args: argparse.Namespace) -> str:
     return resolve_url(getattr(args, "db", None))
 
 
-def open_store(args: argparse.Namespace) -> SqlStore:
-    """The store named by `--db` (imported lazily: SQLAlchemy is not needed by other verbs)."""
+def open_store(args: argparse.Namespace, *, create: bool = False) -> SqlStore:
+    """The store named by `--db` (imported lazily: SQLAlchemy is not needed by other verbs).
+
+    A new SQLite file is made only for verbs that write (`create`); the others refuse a
+    file that is not there, so a mistyped path is an error rather than an empty store.
+    """
     from pdp.store.sql import SqlStore
 
-    return SqlStore(db_url(args))
+    return SqlStore(db_url(args), auto_create=create)
 
 
 def role_catalog(args: argparse.Namespace) -> RoleCatalog | None:

@@ -73,7 +73,7 @@ def _add(args: argparse.Namespace) -> int:
     v.group_key(args.group)
     for m in args.members:
         v.subject_key(m)
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         for m in args.members:
             print_write(store.add_member(args.group, m, created_by=actor(args)), args.json)
     return EXIT_OK

@@ -114,7 +114,7 @@ def _import(args: argparse.Namespace) -> int:
     except DocumentError as exc:
         err.print(str(exc), markup=False)
         return error(f"{source}: {len(exc.problems)} problem(s); nothing was imported")
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         result = store.import_bindings(
             doc, replace=args.replace, dry_run=args.dry_run, roles=roles, created_by=actor(args)
         )

@@ -91,7 +91,7 @@ def _set(args: argparse.Namespace) -> int:
     values = dict(parse_pair(p) for p in args.pairs)
     if not values and not args.unset and not args.replace:
         raise ValueError("nothing to set: give KEY=VALUE pairs, --unset KEY or --replace")
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         result = store.set_attributes(args.subject, values, args.unset, replace=args.replace)
     print_write(result, args.json)
     return EXIT_OK

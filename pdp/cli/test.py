@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         from pdp.store.sql import SqlStore  # lazily: only `--db` needs SQLAlchemy
 
         try:
-            store = SqlStore(args.db)
+            store = SqlStore(args.db, auto_create=False)  # reads only
         except StoreError as exc:
             return fail(exc.message)
         try:

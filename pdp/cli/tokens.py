@@ -113,7 +113,7 @@ def _revoke(args: argparse.Namespace) -> int:
     if by_subject:
         subject = ":".join(subject_parts(args.subject))
         before = parse_expiry(args.before, now)
-        with open_store(args) as store:
+        with open_store(args, create=True) as store:
             cut, moved = SqlTokenRevocations(store).revoke_subject(
                 subject, before=before, now=now, created_by=who
             )
@@ -127,7 +127,7 @@ def _revoke(args: argparse.Namespace) -> int:
     else:
         expires = parse_expiry(args.expires, now)
         issuer = args.issuer or ""
-        with open_store(args) as store:
+        with open_store(args, create=True) as store:
             tok, new = SqlTokenRevocations(store).revoke_token(
                 args.jti, issuer=issuer, expires_at=expires, now=now, created_by=who
             )

@@ -15,11 +15,13 @@ back, so the revision moves only when the data does.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -70,6 +72,8 @@ from pdp.store.importer import (
 from pdp.store.models import Binding, Membership, StoreRevision, Subject, UTCDateTime
 
 T = TypeVar("T")
+
+log = logging.getLogger("pdp.store")
 
 NOTIFY_CHANNEL = "pdp_store"
 
@@ -228,6 +232,15 @@ class SqlStore:
         self.url_obj = parse_url(url)
         self.url = redact(self.url_obj)
         self.dialect = self.url_obj.get_backend_name()
+        if not auto_create and self.dialect == "sqlite" and not _is_memory(self.url_obj):
+            # SQLite would create the file on connect: a mistyped path would then be
+            # an empty store that answers "no bindings" rather than an error.
+            path = Path(str(self.url_obj.database))
+            if not path.exists():
+                raise NotFound(
+                    f"no SQLite database at {path}; `pdp db upgrade --db {self.url}` creates "
+                    "one (so do the verbs that write: grant, set, add-member, import)"
+                )
         self.connect_timeout = connect_timeout
         self.engine = _create_engine(self.url_obj, connect_timeout, pool_size)
         # Reads run in autocommit on their own pool: no BEGIN/ROLLBACK round trips
@@ -286,6 +299,8 @@ class SqlStore:
             if have is None and self.dialect == "sqlite" and auto_create:
                 if migrate.is_empty(self.engine):
                     migrate.upgrade(self.engine)
+                    # Visible, so that a mistyped path does not pass for an empty store.
+                    log.warning("created a new, empty store at %s", self.url)
                     return
         except SQLAlchemyError as exc:
             raise self._translate(exc) from None

@@ -53,7 +53,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """A URL of an empty, migrated store on `backend`."""
     if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'pdp.db'}"
+        url = f"sqlite:///{tmp_path / 'pdp.db'}"
+        SqlStore(url).close()  # made and migrated, as PostgreSQL's schema is
+        return url
     schema: PgSchema = request.getfixturevalue("pg_schema")
     schema.reset()
     return schema.url().render_as_string(hide_password=False)

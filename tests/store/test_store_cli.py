@@ -117,8 +117,16 @@ def test_the_url_comes_from_the_environment(
     assert "env.db: schema" in capsys.readouterr().out
     monkeypatch.delenv("PDP_DB_URL")
     monkeypatch.chdir(tmp_path)
-    assert main(["bindings", "list"]) == 0  # the default: sqlite:///pdp.db, created here
+    # The default, sqlite:///pdp.db: a verb that only reads does not make it...
+    assert main(["bindings", "list"]) == 1
+    assert "error: no SQLite database at pdp.db; `pdp db upgrade" in capsys.readouterr().err
+    assert not (tmp_path / "pdp.db").exists()
+    # ...one that writes does.
+    policies = Path(__file__).parents[2] / "policies"
+    grant = ["bindings", "grant", "user:ann", "viewer", "--policies", str(policies)]
+    assert main(grant) == 0
     assert (tmp_path / "pdp.db").exists()
+    assert main(["bindings", "list"]) == 0
 
 
 def test_subjects_and_groups(cli: Cli) -> None:
