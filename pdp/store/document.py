@@ -65,6 +65,9 @@ def load_bindings_file(path: str | Path, known_roles: Collection[str] | None = N
     return parse_bindings(data, str(path), known_roles)
 
 
+BINDING_KEYS = ("subject", "role", "scope", "expires", "created_by")
+
+
 def parse_bindings(
     data: object, source: str = "<bindings>", known_roles: Collection[str] | None = None
 ) -> Bindings:
@@ -85,6 +88,7 @@ def parse_bindings(
         if not isinstance(item, Mapping):
             problems.append(f"{where}: must be a mapping with `id` and `attributes`")
             continue
+        _unknown_keys(item, ("id", "attributes"), where, problems)
         key = _subject(item.get("id"), f"{where}.id", problems)
         attrs = item.get("attributes") or {}
         if not isinstance(attrs, Mapping):
@@ -101,6 +105,7 @@ def parse_bindings(
         if not isinstance(item, Mapping):
             problems.append(f"{where}: must be a mapping with `id` and `members`")
             continue
+        _unknown_keys(item, ("id", "members"), where, problems)
         key = _subject(item.get("id"), f"{where}.id", problems)
         if key and not key.startswith("group:"):
             problems.append(f"{where}.id: `{key}` is not a group; group ids are `group:<name>`")
@@ -124,6 +129,7 @@ def parse_bindings(
         if not isinstance(item, Mapping):
             problems.append(f"{where}: must be a mapping with `subject`, `role` and `scope`")
             continue
+        _unknown_keys(item, BINDING_KEYS, where, problems)
         key = _subject(item.get("subject"), f"{where}.subject", problems)
         role = item.get("role")
         if not isinstance(role, str) or not role:
@@ -175,6 +181,16 @@ def dump_bindings(b: Bindings) -> dict[str, Any]:
     return out
 
 
+def _unknown_keys(
+    item: Mapping[Any, Any], allowed: Collection[str], where: str, problems: list[str]
+) -> None:
+    """A problem for each key that is not one of `allowed` (a typo must not pass quietly)."""
+    for key in item:
+        if key not in allowed:
+            hint = did_you_mean(str(key), allowed)
+            problems.append(f"{where}: unknown key `{key}`" + (f"; {hint}" if hint else ""))
+
+
 def _list(data: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
     value = data.get(key)
     if value is None:
@@ -186,6 +202,9 @@ def _list(data: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
 
 
 def _subject(value: object, where: str, problems: list[str]) -> str | None:
+    if value is None:
+        problems.append(f"{where}: is required")
+        return None
     try:
         t, i = parse_subject_ref(value)  # type: ignore[arg-type]
     except ValueError as exc:

@@ -146,7 +146,7 @@ def test_known_roles_are_enforced_only_when_given() -> None:
                 "groups[1].id: `user:x` is not a group; group ids are `group:<name>`",
                 "groups[2].members: must be a list of `type:id`",
                 "groups[3].members[0]: `bad` is not a subject; write `type:id`, e.g. `user:alice`",
-                "groups[4].id: `None` is not a subject; write `type:id`, e.g. `user:alice`",
+                "groups[4].id: is required",
             ],
         ),
         (
@@ -340,3 +340,19 @@ def test_dump_then_parse_round_trips(b: Bindings) -> None:
 def test_dates_in_expires_are_midnight_utc() -> None:
     doc = {"bindings": [{"subject": "user:a", "role": "r", "expires": date(2027, 1, 2)}]}
     assert parse_bindings(doc).bindings[0].expires == datetime(2027, 1, 2, tzinfo=UTC)
+
+
+def test_a_misspelled_key_is_named_with_the_closest_one() -> None:
+    data = {
+        "subjects": [{"id": "user:a", "atributes": {}}],
+        "groups": [{"id": "group:g", "member": ["user:a"]}],
+        "bindings": [{"subjct": "user:x", "role": "viewer"}],
+    }
+    with pytest.raises(DocumentError) as info:
+        parse_bindings(data)
+    assert info.value.problems == [
+        "subjects[0]: unknown key `atributes`; did you mean `attributes`?",
+        "groups[0]: unknown key `member`; did you mean `members`?",
+        "bindings[0]: unknown key `subjct`; did you mean `subject`?",
+        "bindings[0].subject: is required",
+    ]
