@@ -104,6 +104,7 @@ def run_suite(
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if not isinstance(data, Mapping):
             raise SuiteError("a suite must be a mapping with `cases`")
+        _no_unknown_keys(data, SUITE_KEYS, "")
         result.name = str(data.get("name") or path.name)
         loaded = _load_policies(
             path, data, default_policies, {} if policy_cache is None else policy_cache
@@ -133,9 +134,40 @@ def run_suite(
             result.cases.append(
                 _run_case(result.name, i, case, policy, bindings, now, subjects, resources)
             )
+    except yaml.MarkedYAMLError as exc:
+        result.error = _yaml_problem(exc)
     except (SuiteError, DocumentError, yaml.YAMLError, OSError) as exc:
         result.error = str(exc)
     return result
+
+
+SUITE_KEYS = (
+    "name",
+    "policies",
+    "policy_files",
+    "bindings",
+    "now",
+    "subjects",
+    "resources",
+    "cases",
+    "expect_errors",
+)
+CASE_KEYS = ("name", "subject", "resource", "context", "action_properties", "expect", "reasons")
+
+
+def _no_unknown_keys(data: Mapping[Any, Any], allowed: tuple[str, ...], where: str) -> None:
+    """SuiteError naming the first key that is not one of `allowed`, with the closest one."""
+    for key in data:
+        if key not in allowed:
+            hint = did_you_mean(str(key), allowed)
+            raise SuiteError(f"{where}unknown key `{key}`" + (f"; {hint}" if hint else ""))
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """One line with the position, instead of PyYAML's dump naming `<unicode string>`."""
+    mark = exc.problem_mark or exc.context_mark
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML: {at}{exc.problem or exc.context or 'cannot be read'}"
 
 
 def _load_policies(
@@ -223,6 +255,7 @@ def _run_case(
         return CaseResult(suite, f"case {index + 1}", False, "a case must be a mapping")
     name = str(case.get("name") or f"case {index + 1}")
     try:
+        _no_unknown_keys(case, CASE_KEYS, "")
         expect = case.get("expect")
         if not isinstance(expect, Mapping) or not expect:
             raise SuiteError("`expect` must map actions to allow or deny")

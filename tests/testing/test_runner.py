@@ -368,6 +368,7 @@ def test_an_expectation_that_is_a_list(write: Write) -> None:
         ("now: soon\ncases: []\n", "`now`: `soon` is not an ISO 8601 time"),
         ("policy_files: [a]\ncases: []\n", "`policy_files` must map file names to policy text"),
         ("expect_errors: {code: x}\n", "`expect_errors` must be a list of {code, line, column}"),
+        ("case: []\n", "unknown key `case`; did you mean `cases`?"),
     ],
 )
 def test_malformed_suites(write: Write, text: str, error: str) -> None:
@@ -379,7 +380,15 @@ def test_malformed_suites(write: Write, text: str, error: str) -> None:
 def test_suite_that_is_not_yaml(write: Write) -> None:
     write("p/docs.pdp", POLICY)
     result = run_one(write("p/s.test.yaml", "cases: [\n"))
-    assert result.error is not None and "line 2" in result.error
+    assert result.error is not None and result.error.startswith("not valid YAML: line 2,")
+    assert "<unicode string>" not in result.error
+
+
+def test_a_misspelled_case_key_fails_the_case_naming_it(write: Write) -> None:
+    write("p/docs.pdp", POLICY)
+    text = "cases:\n  - {subject: {type: user, id: a}, expct: {read: allow}}\n"
+    result = run_one(write("p/s.test.yaml", text))
+    assert [c.message for c in result.cases] == ["unknown key `expct`; did you mean `expect`?"]
 
 
 def test_suite_whose_policies_do_not_load(write: Write) -> None:
