@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.table import Table
 
 from pdp.audit.explain import NOT_BY_POLICY, Rederived, rederive
@@ -47,6 +48,19 @@ times: a duration back from now (30s, 15m, 2h, 7d, 2w), `now`, or ISO 8601
 EXIT_HELP = """\
 exit codes: 0 success; 1 the log cannot be read, a decision is not found, or
 (verify) a chain is broken; 2 bad usage: an unknown field, a bad time or cursor"""
+
+
+# C0 and C1 control characters (ESC, CSI, backspace, ...), and DEL.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def escape(text: str) -> str:
+    """For rich output: markup escaped, control characters shown as `\\xNN`.
+
+    Records hold what callers sent (ids, attributes): printed raw, an escape sequence
+    in a resource id could rewrite the reviewer's terminal.
+    """
+    return escape_markup(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
 def register(sub: Any) -> None:

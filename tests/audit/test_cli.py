@@ -128,6 +128,19 @@ def test_show_says_when_attributes_were_not_recorded(
     assert "cannot re-derive: the record holds no attributes for action, resource, context" in out
 
 
+def test_control_characters_from_callers_cannot_drive_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "log"
+    write_log(d, [record(1, resource="7\x1b[2J\x9b1m")])  # clear screen; a C1 CSI
+    run = Cli(capsys, d)
+    for argv in (("show", "d-00001"), ("search", "--since", "100000d"), ("tail", "--count", "0")):
+        code, out, _ = run(*argv)
+        assert code == 0, argv
+        assert "\x1b" not in out and "\x9b" not in out, argv
+        assert "doc/7\\x1b[2J\\x9b1m" in out.replace("\n", ""), argv
+
+
 def test_show_unknown_decision(cli: Cli) -> None:
     code, _, err = cli("show", "nope")
     assert code == 1 and "no decision `nope` in" in err
