@@ -255,7 +255,8 @@ class Stats:
         for reason in r.reasons:
             self.by_rule[reason.rule] += 1
         if not r.allowed:
-            self.denied_subjects[r.subject] += 1
+            # "" when no subject was established (printed as "-"), not ":".
+            self.denied_subjects[r.subject if r.subject_type else ""] += 1
             for reason in r.reasons:
                 self.denied_rules[reason.rule] += 1
         if r.authn is not None and r.authn.get("result") == "failed":

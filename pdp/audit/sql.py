@@ -480,7 +480,7 @@ class SqlSource(_SqlBase):
                     .order_by(n.desc())
                     .limit(1000)
                 ):
-                    out.denied_subjects[f"{kind}:{ident}"] = count
+                    out.denied_subjects[f"{kind}:{ident}" if kind else ""] = count
                 # The LIKE (the same as a search for authn.result=failed) narrows the
                 # rows cheaply; the JSON test then decides.
                 failed = [self._term("authn.result", "failed")]

@@ -584,6 +584,7 @@ class DecisionService:
                     config=config,
                     authn=authn,
                     known_resource=it.resource if isinstance(it, _Invalid) else None,
+                    known_subject=it.subject if isinstance(it, _Invalid) else None,
                 )
             )
         try:
@@ -637,6 +638,8 @@ class _Invalid:
     code: str = "invalid_request"
     # (type, id) of the resource asked about, when known: the audit record names it.
     resource: tuple[str, str] | None = None
+    # (type, id) of the subject, when it was valid: the record names who asked for what.
+    subject: tuple[str, str] | None = None
 
 
 _CREDENTIAL_KINDS = {
@@ -705,12 +708,16 @@ def _combine(
     """The request, or why it cannot be decided. `now` is set here, once per call."""
     name = action.name if isinstance(action, Action) else ""
     parts = (("subject", subject), ("action", action), ("resource", resource))
+    # What was valid still names the record, so a search by subject or resource finds it.
+    who = (subject.type, subject.id) if isinstance(subject, Subject) else None
+    what = (resource.type, resource.id) if isinstance(resource, Resource) else None
     for key, part in parts:
         if part is None:
-            return _Invalid(f"`{_join(where, key)}` is required (here or as a default)", name)
+            message = f"`{_join(where, key)}` is required (here or as a default)"
+            return _Invalid(message, name, resource=what, subject=who)
     for _key, part in parts:
         if isinstance(part, InputError):
-            return _Invalid(str(part), name)
+            return _Invalid(str(part), name, resource=what, subject=who)
     assert isinstance(subject, Subject) and isinstance(action, Action)
     assert isinstance(resource, Resource)
     return Request(subject, action, resource, attrs, now)

@@ -105,6 +105,7 @@ def test_every_decision_is_recorded_with_its_fields(serve: Any) -> None:
             {"action": "read", "resource": NOTE},
             {"action": "fly"},
             {"action": "read", "subject": {"type": "user"}},  # no id: invalid
+            {"action": "read", "resource": {**DOC, "ancestors": ["folder/"]}},  # invalid
         ],
         subject=BOB,
         resource=DOC,
@@ -134,6 +135,10 @@ def test_every_decision_is_recorded_with_its_fields(serve: Any) -> None:
     assert [x.rule for x in locked.reasons] == ["doc.locked"]
     invalid = records[answered[7].decision_id]
     assert invalid.diagnostics[0].code == "invalid_request" and invalid.subject_type == ""
+    assert invalid.resource == "doc/1"  # what was valid still names the record
+    bad_ancestor = records[answered[8].decision_id]
+    assert bad_ancestor.diagnostics[0].code == "invalid_request"
+    assert bad_ancestor.subject == "user:bob"  # found by `pdp audit search subject=user:bob`
     # No attributes unless configured.
     assert first.subject_properties is None and first.context is None
     assert verify(JsonlSource(s.log)).ok
