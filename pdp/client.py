@@ -39,7 +39,10 @@ SEMANTICS = {
     "permit_on_first_permit": pb.PERMIT_ON_FIRST_PERMIT,
 }
 
-Entity = Mapping[str, Any]
+# A mapping in the AuthZEN shape ({"type", "id", "properties"[, "ancestors"]}), or the
+# short text form the rest of pdp uses: "user:alice" for a subject, "document/42" for a
+# resource.
+Entity = Mapping[str, Any] | str
 
 
 class PdpError(Exception):
@@ -86,6 +89,9 @@ class ActionList:
 
 
 def subject_pb(subject: Entity) -> pb.Subject:
+    if isinstance(subject, str):
+        kind, ident = _split(subject, ":", "subject", "user:alice")
+        return pb.Subject(type=kind, id=ident)
     msg = pb.Subject(type=str(subject.get("type", "")), id=str(subject.get("id", "")))
     if subject.get("properties"):
         msg.properties.update(subject["properties"])
@@ -93,11 +99,21 @@ def subject_pb(subject: Entity) -> pb.Subject:
 
 
 def resource_pb(resource: Entity) -> pb.Resource:
+    if isinstance(resource, str):
+        kind, ident = _split(resource, "/", "resource", "document/42")
+        return pb.Resource(type=kind, id=ident)
     msg = pb.Resource(type=str(resource.get("type", "")), id=str(resource.get("id", "")))
     if resource.get("properties"):
         msg.properties.update(resource["properties"])
     msg.ancestors.extend(resource.get("ancestors") or ())
     return msg
+
+
+def _split(text: str, sep: str, what: str, example: str) -> tuple[str, str]:
+    kind, found, ident = text.partition(sep)
+    if not (found and kind and ident):
+        raise ValueError(f"{what} {text!r}: write `type{sep}id`, e.g. {example!r}, or a mapping")
+    return kind, ident
 
 
 def action_pb(action: str | Entity) -> pb.Action:

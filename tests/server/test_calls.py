@@ -218,3 +218,17 @@ def test_a_raw_credential_needs_configured_resolvers(running: Running) -> None:
             stub.Check(req, timeout=5)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "identity.apikeys" in (info.value.details() or "")
+
+
+def test_the_client_takes_the_short_text_forms(client: PdpClient) -> None:
+    # "user:alice" and "doc/1", as bindings and the audit log write them.
+    short = client.check("user:alice", "read", "doc/1")
+    long = client.check(ALICE, "read", {"type": "doc", "id": "1"})
+    assert (
+        (short.allowed, short.reasons) == (long.allowed, long.reasons) == (False, ("doc.tenant",))
+    )
+    assert client.check("user:alice", "read", DOC).allowed  # a mapping carries properties
+    with pytest.raises(ValueError, match="subject 'alice': write `type:id`"):
+        client.check("alice", "read", "doc/1")
+    with pytest.raises(ValueError, match="resource 'doc': write `type/id`"):
+        client.check("user:alice", "read", "doc")
