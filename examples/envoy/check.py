@@ -11,6 +11,7 @@ would apply: the HTTP status, the headers, and the body of a denial.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import grpc
 from envoy.config.core.v3 import address_pb2
@@ -51,9 +52,12 @@ def main() -> None:
         headers["cookie"] = f"pdp_session={args.session}"
     with grpc.insecure_channel(args.target) as channel:
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-        resp = stub.Check(
-            check_request(args.method, args.path, args.host, args.source, headers), timeout=5
-        )
+        try:
+            resp = stub.Check(
+                check_request(args.method, args.path, args.host, args.source, headers), timeout=5
+            )
+        except grpc.RpcError as exc:  # e.g. no server there: one line, not a traceback
+            sys.exit(f"error: {args.target}: {exc.code().name}: {exc.details()}")
     if resp.HasField("ok_response"):
         print("200 allowed")
         for h in resp.ok_response.headers:

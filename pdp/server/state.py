@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -97,6 +98,11 @@ class ServingState:
         self.snapshot: Snapshot | None = None
         self.last_reload: ReloadResult | None = None
         self._lock = threading.RLock()  # one (re)load at a time
+        # What was last logged, so that retries while not serving (every 2 s) do not
+        # repeat the same lines: (text, monotonic time) of the last failure, and the
+        # last policy version announced.
+        self._logged_failure: tuple[str, float] = ("", 0.0)
+        self._announced = ""
         self._listeners: list[Callable[[bool], None]] = []
         self._watchers: list[Callable[[Snapshot], None]] = []
 
@@ -170,14 +176,19 @@ class ServingState:
             return None, 0
         if result.policy_set is None:
             version = content_hash(files)
-            self._failed("policies", version, [e.render() for e in result.errors], now)
+            errors = [e.render() for e in result.errors]
+            if not files:  # the error itself cannot know which directory was empty
+                errors = [f"{self.policies_dir}: {e}" for e in errors]
+            self._failed("policies", version, errors, now)
             return None, 0
         policy = compile_policy_set(result.policy_set)
-        failed_before = self.last_reload is not None and not self.last_reload.ok
+        last = self.last_reload
+        failed_before = last is not None and not last.ok and last.what == "policies"
         self.last_reload = ReloadResult(True, now, "policies", policy.version)
         for w in result.warnings:
             log.warning("%s", w.render())
-        if self.snapshot is None or self.snapshot.policy.version != policy.version:
+        if policy.version != self._announced:
+            self._announced = policy.version
             log.info(
                 "policies loaded from %s: %s (%d files)",
                 self.policies_dir,
@@ -232,7 +243,11 @@ class ServingState:
             keeping = f"; still serving the last good bindings ({version})"
         else:
             keeping = f"; still serving policy_version {self.snapshot.policy.version}"
-        log.error("loading %s failed%s:\n%s", what, keeping, "\n\n".join(errors))
+        text = f"loading {what} failed{keeping}:\n" + "\n\n".join(errors)
+        last, at = self._logged_failure
+        if text != last or time.monotonic() - at > 60:  # a retry's same failure: once a minute
+            self._logged_failure = (text, time.monotonic())
+            log.error("%s", text)
 
     def _swap(self, snap: Snapshot) -> None:
         was_ready = self.snapshot is not None

@@ -170,3 +170,28 @@ def test_only_the_policies_and_the_named_files_count_as_changes(tmp_path: Path) 
     assert relevant(added, str(root / "bindings.yaml"))
     assert not relevant(added, str(root / "other.txt"))
     assert not relevant(added, str(root / "scratch" / "x.yaml"))
+
+
+def test_retries_while_not_serving_do_not_repeat_the_same_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from collections.abc import Collection
+
+    from pdp.server.state import RoleBackend, RoleBackendError, Roles, ServingState
+
+    class Down(RoleBackend):
+        watch = None
+        description = "a store that is down"
+
+        def load(self, known_roles: Collection[str]) -> Roles:
+            raise RoleBackendError("cannot reach the database")
+
+    shutil.copytree(Path(__file__).parents[2] / "policies", tmp_path / "p")
+    state = ServingState(str(tmp_path / "p"), "", Down())
+    caplog.set_level("INFO", logger="pdp.server")
+    for _ in range(3):  # what the reloader does every 2 s until the store answers
+        state.load_all()
+    assert not state.ready
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("policies loaded" in m for m in messages) == 1
+    assert sum("loading bindings failed" in m for m in messages) == 1
