@@ -343,7 +343,10 @@ def serve(
     host = cfg.host if ":" not in cfg.host else f"[{cfg.host}]"
     mode = "mutual TLS" if cfg.tls.mutual else "TLS" if cfg.tls.enabled else "plaintext"
     # One stable line that scripts (and the tests) wait for.
-    print(f"pdp serve: listening on {host}:{port} ({mode}), pid {os.getpid()}", flush=True)
+    # One write, newline included: `--workers` processes share stdout, and print()'s
+    # separate write of the newline let two workers' lines run together.
+    sys.stdout.write(f"pdp serve: listening on {host}:{port} ({mode}), pid {os.getpid()}\n")
+    sys.stdout.flush()
     while not stop.wait(0.5):
         pass
     server.stop()
