@@ -469,6 +469,11 @@ def _print_stats(s: Stats, top: int) -> None:
 
 @_guard
 def run_tail(args: argparse.Namespace) -> int:
+    for flag, value in (("--lines", args.lines), ("--count", args.count)):
+        if value is not None and value < 0:
+            return _usage(f"{flag} must be 0 or more")
+    if args.timeout is not None and args.timeout < 0:
+        return _usage("--timeout must be 0 or more")
     flt = _filter(args)
     source = _open(args)
     deadline = time.monotonic() + args.timeout if args.timeout is not None else None

@@ -300,3 +300,9 @@ def test_the_default_log_location(
     write_log(tmp_path / "pdp-audit", [record(1)])
     code, out, _ = Cli(capsys, tmp_path)("search", where=False)
     assert code == 0 and "d-00001" in out
+
+
+def test_negative_tail_numbers_are_usage_errors(cli: Cli) -> None:
+    for argv in (("-n", "-1"), ("--count", "-2"), ("--timeout", "-1")):
+        code, _, err = cli("tail", *argv)
+        assert code == 2 and "must be 0 or more" in err, argv
