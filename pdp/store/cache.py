@@ -263,6 +263,14 @@ class CachedRoleSource:
             self._down = False
 
     def _watch(self) -> None:
+        try:
+            self._watch_until_stopped()
+        finally:
+            # The thread may outlive close()'s join (a connect that hangs); whatever
+            # listener it opened last is closed here, not left to the garbage collector.
+            self._close_listener()
+
+    def _watch_until_stopped(self) -> None:
         while not self._stop.is_set():
             try:
                 if self.listen and self._listener is None:
@@ -302,7 +310,11 @@ class CachedRoleSource:
             raise StoreUnavailable(
                 f"cannot reach the database at {self.store.url}: {short_reason(str(exc))}"
             ) from None
-        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        try:
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _close_listener(self) -> None:
