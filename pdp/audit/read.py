@@ -375,14 +375,15 @@ class JsonlSource(ScanSource):
                     yield from tail.read(flt)
                     if not tail.same_file(segs[-1].path):
                         # Rotated (maybe more than once since the last look): finish the
-                        # segment being read, then read every later one in order.
+                        # segment being read, then read every later one in order. The
+                        # listing is taken again: the one above may predate the rename.
                         yield from tail.read(flt)
-                        later = [seg.path for seg in segs]
-                        for i, seg in enumerate(segs):
-                            if tail.same_file(seg.path):
-                                later = [x.path for x in segs[i + 1 :]]
-                        for path in later:
-                            tail.switch(path)
+                        segs = self._segments().get(chain, [])
+                        at = next((i for i, g in enumerate(segs) if tail.is_file(g.path)), None)
+                        if at is None:
+                            continue  # our file is not listed yet: look again next time
+                        for seg in segs[at + 1 :]:
+                            tail.switch(seg.path)
                             yield from tail.read(flt)
                 time.sleep(poll)
         finally:
@@ -409,6 +410,13 @@ class _Tail:
             return os.stat(path).st_ino == os.fstat(self.f.fileno()).st_ino
         except FileNotFoundError:
             return True  # between the rename and the new file: keep reading this one
+
+    def is_file(self, path: Path) -> bool:
+        """Whether `path` is the file being read now (False when `path` is gone)."""
+        try:
+            return os.stat(path).st_ino == os.fstat(self.f.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
     def switch(self, path: Path) -> None:
         self.f.close()

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -39,7 +38,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
-    cast,
     create_engine,
     event,
     func,
@@ -69,7 +67,7 @@ def parse_url(text: str) -> URL:
     """A SQLite or PostgreSQL URL (`postgresql://` means psycopg 3); SinkError otherwise."""
     try:
         url = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         from pdp.store.config import redact_text
 
         raise SinkError(
@@ -481,25 +479,20 @@ class SqlSource(_SqlBase):
                     .limit(1000)
                 ):
                     out.denied_subjects[f"{kind}:{ident}" if kind else ""] = count
-                # The LIKE (the same as a search for authn.result=failed) narrows the
-                # rows cheaply; the JSON test then decides.
-                failed = [self._term("authn.result", "failed")]
-                failed.append(self._json_text("authn", "result") == "failed")
-                cause = self._json_text("authn", "cause")
-                for value, count in conn.execute(
-                    select(cause, n).where(*conds, *failed).group_by(cause)
-                ):
-                    out.authn_failures[value or ""] = count
+                # The LIKE (the same as a search for authn.result=failed) narrows the rows;
+                # each is then parsed here, so a corrupt one is a problem, not a failure.
+                failed = select(a.c.id, a.c.record).where(
+                    *conds, self._term("authn.result", "failed")
+                )
+                rows = conn.execute(failed).all()
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
+        records, problems = self._parse(rows)
+        out.problems.extend(problems)
+        for rec in records:
+            if rec.authn is not None and rec.authn.get("result") == "failed":
+                out.authn_failures[str(rec.authn.get("cause", ""))] += 1
         return out
-
-    def _json_text(self, *path: str) -> ColumnElement[str]:
-        """A value inside the stored record, as text (SQLite's and PostgreSQL's own way)."""
-        record = self.audit.c.record
-        if self.engine.dialect.name == "sqlite":
-            return func.json_extract(record, "$." + ".".join(path), type_=String)
-        return func.json_extract_path_text(cast(record, JSON), *path, type_=String)
 
     def recorded_head(self, chain: str) -> ChainHead | None:
         h = self.heads

@@ -412,7 +412,8 @@ def _print_trace(d: Any) -> None:
     else:
         out.print("  no candidate rules")
     for diag in d.diagnostics:
-        out.print(f"  diagnostic[{diag.code}] {diag.rule_id or ''}: {diag.message}", markup=False)
+        text = f"  diagnostic[{diag.code}] {diag.rule_id or ''}: {diag.message}"
+        out.print(escape(text))  # messages quote caller values: no control characters
 
 
 # --- stats --------------------------------------------------------------------------------

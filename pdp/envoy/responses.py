@@ -83,8 +83,9 @@ def deny(
     headers = [
         _header("content-type", "application/json"),
         _header("cache-control", "no-store"),
-        _header(decision_header, decision_id),
     ]
+    if decision_id:  # "" for a deny that no record holds: an id promises one
+        headers.append(_header(decision_header, decision_id))
     if status == 401 and bearer_realm is not None:
         headers.append(_header("www-authenticate", f'Bearer realm="{bearer_realm}"'))
     return external_auth_pb2.CheckResponse(

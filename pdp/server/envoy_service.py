@@ -128,7 +128,7 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
                     )
                     return deny(
                         403,
-                        decision_id=decision_id,
+                        decision_id="",  # not recorded: no id to hand out
                         decision_header=self._settings.decision_header,
                     )
             return outcome.response

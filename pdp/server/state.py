@@ -99,9 +99,9 @@ class ServingState:
         self.last_reload: ReloadResult | None = None
         self._lock = threading.RLock()  # one (re)load at a time
         # What was last logged, so that retries while not serving (every 2 s) do not
-        # repeat the same lines: (text, monotonic time) of the last failure, and the
-        # last policy version announced.
-        self._logged_failure: tuple[str, float] = ("", 0.0)
+        # repeat the same lines: per part that failed, (text, monotonic time) of its
+        # last failure, forgotten when it loads again; and the last version announced.
+        self._logged_failures: dict[str, tuple[str, float]] = {}  # by what failed
         self._announced = ""
         self._listeners: list[Callable[[bool], None]] = []
         self._watchers: list[Callable[[Snapshot], None]] = []
@@ -185,6 +185,7 @@ class ServingState:
         last = self.last_reload
         failed_before = last is not None and not last.ok and last.what == "policies"
         self.last_reload = ReloadResult(True, now, "policies", policy.version)
+        self._logged_failures.pop("policies", None)  # the next failure is news again
         for w in result.warnings:
             log.warning("%s", w.render())
         if policy.version != self._announced:
@@ -227,6 +228,7 @@ class ServingState:
             self._failed("bindings", policy.version, [str(exc)], now)
             return None
         self.last_reload = ReloadResult(True, now, "bindings", policy.version)
+        self._logged_failures.pop("bindings", None)
         log.info(
             "role bindings from %s, version %s",
             self.backend.description,
@@ -244,9 +246,9 @@ class ServingState:
         else:
             keeping = f"; still serving policy_version {self.snapshot.policy.version}"
         text = f"loading {what} failed{keeping}:\n" + "\n\n".join(errors)
-        last, at = self._logged_failure
+        last, at = self._logged_failures.get(what, ("", 0.0))
         if text != last or time.monotonic() - at > 60:  # a retry's same failure: once a minute
-            self._logged_failure = (text, time.monotonic())
+            self._logged_failures[what] = (text, time.monotonic())
             log.error("%s", text)
 
     def _swap(self, snap: Snapshot) -> None:

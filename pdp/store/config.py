@@ -36,7 +36,7 @@ def parse_url(text: str | URL) -> URL:
     else:
         try:
             url = make_url(text)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
             raise InvalidInput(
                 f"`{redact_text(text)}` is not a database URL; write e.g. `sqlite:///pdp.db` "
                 "or `postgresql+psycopg://user@host:5432/db`"
@@ -62,7 +62,7 @@ def redact(url: str | URL) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return redact_text(url)
 
 

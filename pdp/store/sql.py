@@ -232,7 +232,7 @@ class SqlStore:
         self.url_obj = parse_url(url)
         self.url = redact(self.url_obj)
         self.dialect = self.url_obj.get_backend_name()
-        if not auto_create and self.dialect == "sqlite" and not _is_memory(self.url_obj):
+        if not auto_create and _is_plain_sqlite_file(self.url_obj):
             # SQLite would create the file on connect: a mistyped path would then be
             # an empty store that answers "no bindings" rather than an error.
             path = Path(str(self.url_obj.database))
@@ -911,6 +911,14 @@ def _memo(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _is_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _is_plain_sqlite_file(url: URL) -> bool:
+    """A SQLite database named by a file path (not memory, not a `file:` URI filename)."""
+    if url.get_backend_name() != "sqlite" or _is_memory(url):
+        return False
+    uri = str(url.query.get("uri", "")).lower() in ("true", "1")
+    return not (uri or str(url.database).startswith("file:"))
 
 
 def _create_engine(

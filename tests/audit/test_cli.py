@@ -306,3 +306,18 @@ def test_negative_tail_numbers_are_usage_errors(cli: Cli) -> None:
     for argv in (("-n", "-1"), ("--count", "-2"), ("--timeout", "-1")):
         code, _, err = cli("tail", *argv)
         assert code == 2 and "must be 0 or more" in err, argv
+
+
+def test_re_derived_diagnostics_show_control_characters_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from pdp.cli.audit import _print_trace
+    from pdp.engine.decision import Diagnostic
+
+    message = "`2026\x1b[2J` is not an ISO 8601 time"  # a caller's value, quoted
+    _print_trace(SimpleNamespace(trace=[], diagnostics=[Diagnostic("invalid_value", message)]))
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed
+    assert "diagnostic[invalid_value] : `2026\\x1b[2J` is not an ISO 8601 time" in printed

@@ -11,6 +11,7 @@ import pytest
 
 from pdp.audit.jsonl import (
     JsonlSink,
+    Segment,
     read_blocks,
     read_lines,
     safe_chain,
@@ -218,3 +219,31 @@ def test_following_a_chain_across_rotations(tmp_path: Path) -> None:
     finally:
         stop.set()
         t.join(5)
+
+
+def test_following_reads_each_record_once_when_its_listing_predates_a_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The follower lists the segments, then the writer rotates, then the follower
+    # looks at its file: the listing it holds does not name the renamed file yet.
+    from pdp.audit.query import make_filter
+
+    w = AuditWriter(JsonlSink(tmp_path, max_bytes=2500), chain="host")
+    w.start()
+    assert w.submit([record(0)]).wait(5)
+    source = JsonlSource(tmp_path)
+    stale = source._segments()
+    calls = iter(range(1_000_000))
+    real = JsonlSource._segments
+
+    def listing(self: JsonlSource) -> dict[str, list[Segment]]:
+        return stale if next(calls) == 1 else real(self)  # the first poll's listing
+
+    monkeypatch.setattr(JsonlSource, "_segments", listing)
+    polls = iter(range(4))
+    follower = source.follow(make_filter(), lambda: next(polls, 3) >= 3, poll=0)
+    for i in range(1, 9):  # rotates: about 3 records per segment
+        assert w.submit([record(i)]).wait(5)
+    w.close()
+    got = [getattr(item, "decision_id", str(item)) for item in follower]
+    assert got == [f"d-{i:05d}" for i in range(1, 9)]

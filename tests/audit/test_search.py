@@ -210,6 +210,14 @@ def test_a_corrupt_row_in_sql_is_reported(tmp_path: Path) -> None:
     page = src.search(make_filter(), 100)
     assert len(page.records) == N - 1
     assert [p.where for p in page.problems] == ["pdp_audit id 5"]
+    # Stats read the refused credentials from the records: a corrupt one that looks
+    # like one (the LIKE matches it) is a problem too, not a failed query.
+    bad = '{"authn":{"cause":"x","result":"failed"} oops'
+    with src.engine.begin() as conn:
+        conn.execute(src.audit.update().where(src.audit.c.seq == 6).values(record=bad))
+    stats = src.stats(make_filter())
+    assert [p.where for p in stats.problems] == ["pdp_audit id 6"]
+    assert "x" not in stats.authn_failures and stats.authn_failures.total() > 0
     src.close()
 
 

@@ -752,3 +752,31 @@ def test_a_credential_store_down_at_start_up_does_not_stop_the_server_and_fails_
 
 def _all_records(directory: Path) -> list[DecisionRecord]:
     return JsonlSource(directory).search(Filter(), 1000).records
+
+
+def test_an_envoy_deny_without_a_record_carries_no_decision_id(tmp_path: Path) -> None:
+    from pdp.audit.sink import MemorySink
+
+    sink = MemorySink()
+    cfg = _config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'pdp.db'}",
+        routes=ROUTES,
+        flags={"envoy.enabled": True, "audit.durable_timeout": 2.0},
+    )
+    server = PdpServer(cfg, sink=sink)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        envoy = external_auth_pb2_grpc.AuthorizationStub(channel)
+        ok = envoy.Check(check_request("GET", "/healthz"), timeout=5)
+        assert ok.HasField("ok_response") and len(sink.records) == 1
+        sink.fail_with = OSError("disk gone")
+        resp = envoy.Check(check_request("GET", "/healthz"), timeout=5)
+        assert resp.denied_response.status.code == 403
+        headers = dict(header_values(resp))
+        assert "x-pdp-decision-id" not in headers  # nothing holds it, so none is sent
+        assert len(sink.records) == 1
+    finally:
+        channel.close()
+        server.stop(0.5)

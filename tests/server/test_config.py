@@ -231,6 +231,10 @@ def test_database_urls_are_checked_when_read_and_never_echo_a_password() -> None
         ConfigError, match="audit.url: unsupported database `mysql`; use SQLite or PostgreSQL$"
     ):
         load_config(None, environ={}, flags={"audit.url": "mysql://pdp:s3cret@db/pdp"})
+    for key in ("store.url", "audit.url"):  # a port that is not a number: ValueError inside
+        with pytest.raises(ConfigError) as bad:
+            load_config(None, environ={}, flags={key: "postgresql://pdp:s3cret@db:x/pdp"})
+        assert "s3cret" not in str(bad.value) and "is not a database URL" in str(bad.value)
     ok = load_config(None, environ={}, flags={"store.url": "postgresql://pdp@db/pdp"})
     assert ok.store_url == "postgresql://pdp@db/pdp"
 

@@ -177,17 +177,24 @@ def test_retries_while_not_serving_do_not_repeat_the_same_lines(
 ) -> None:
     from collections.abc import Collection
 
+    from pdp.server.roles import BindingsFileBackend
     from pdp.server.state import RoleBackend, RoleBackendError, Roles, ServingState
 
     class Down(RoleBackend):
         watch = None
         description = "a store that is down"
+        up = False
 
         def load(self, known_roles: Collection[str]) -> Roles:
-            raise RoleBackendError("cannot reach the database")
+            if not self.up:
+                raise RoleBackendError("cannot reach the database")
+            return BindingsFileBackend(Path(__file__).parents[2] / "examples/bindings.yaml").load(
+                known_roles
+            )
 
     shutil.copytree(Path(__file__).parents[2] / "policies", tmp_path / "p")
-    state = ServingState(str(tmp_path / "p"), "", Down())
+    down = Down()
+    state = ServingState(str(tmp_path / "p"), "", down)
     caplog.set_level("INFO", logger="pdp.server")
     for _ in range(3):  # what the reloader does every 2 s until the store answers
         state.load_all()
@@ -195,3 +202,10 @@ def test_retries_while_not_serving_do_not_repeat_the_same_lines(
     messages = [r.getMessage() for r in caplog.records]
     assert sum("policies loaded" in m for m in messages) == 1
     assert sum("loading bindings failed" in m for m in messages) == 1
+    # Up, then down again: that failure is news, and is logged.
+    down.up = True
+    assert state.load_all() and state.ready
+    down.up = False
+    state.reload_roles()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("loading bindings failed" in m for m in messages) == 2

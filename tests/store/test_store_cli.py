@@ -127,6 +127,8 @@ def test_the_url_comes_from_the_environment(
     assert main(grant) == 0
     assert (tmp_path / "pdp.db").exists()
     assert main(["bindings", "list"]) == 0
+    # A URI filename is SQLite's to open (read-only here): not checked as a path.
+    assert main(["bindings", "list", "--db", "sqlite:///file:pdp.db?mode=ro&uri=true"]) == 0
 
 
 def test_subjects_and_groups(cli: Cli) -> None:
