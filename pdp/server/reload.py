@@ -11,6 +11,7 @@ whole load every `retry_seconds`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Collection
 from pathlib import Path
@@ -42,10 +43,9 @@ class Reloader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._policies = state.policies_dir.resolve()
-        self._schema = state.schema_path.resolve() if state.schema_path else None
-        self._routes = state.routes_path.resolve() if state.routes_path else None
-        bindings = state.backend.watch
-        self._bindings = bindings.resolve() if bindings else None
+        self._schema = _named(state.schema_path)
+        self._routes = _named(state.routes_path)
+        self._bindings = _named(state.backend.watch)
         # Directories written while serving (the audit log, next to a bindings file by
         # default): their changes are never ours to reload, nor to log.
         self._ignore = tuple(p.resolve() for p in ignore)
@@ -62,10 +62,12 @@ class Reloader:
 
     def _roots(self) -> list[Path]:
         # Directories, not files: editors replace a file by renaming a new one over it.
+        # The directory a file was named in, not where its links led at start-up: in a
+        # ConfigMap mount that target directory is deleted by the next update.
         roots = {self._policies}
-        for f in (self._schema, self._bindings, self._routes):
-            if f is not None:
-                roots.add(f.parent)
+        for named in (self._schema, self._bindings, self._routes):
+            if named:
+                roots.add(named[0].parent)
         return sorted(r for r in roots if r.exists())
 
     def _run(self) -> None:
@@ -102,7 +104,7 @@ class Reloader:
             if any(self._is_policy(p) for p in paths):
                 log.info("policy files changed; reloading")
                 self._state.reload_policies()
-            if self._bindings is not None and self._bindings in paths:
+            if any(_changes(p, self._bindings) for p in paths):
                 log.info("bindings file changed; reloading")
                 self._state.reload_roles()
             if set(self._roots()) != set(roots):
@@ -116,10 +118,12 @@ class Reloader:
             return False
         # A watched file's directory may be busy (a bindings file in /tmp): only the
         # policies and the named files count.
-        return p.is_relative_to(self._policies) or p in (self._schema, self._bindings, self._routes)
+        return p.is_relative_to(self._policies) or any(
+            _changes(p, named) for named in (self._schema, self._bindings, self._routes)
+        )
 
     def _is_policy(self, p: Path) -> bool:
-        if p == self._schema or p == self._routes:
+        if _changes(p, self._schema) or _changes(p, self._routes):
             return True
         if not p.is_relative_to(self._policies):
             return False
@@ -135,3 +139,17 @@ class Reloader:
     def _retry_if_not_ready(self) -> None:
         if not self._state.ready:
             self._state.load_all()
+
+
+def _named(path: Path | None) -> tuple[Path, ...]:
+    """The paths a named file's changes may be reported at: as named (made absolute),
+    then as it resolved at start-up. None: no such file."""
+    if path is None:
+        return ()
+    return tuple(dict.fromkeys((Path(os.path.abspath(path)), path.resolve())))
+
+
+def _changes(p: Path, named: tuple[Path, ...]) -> bool:
+    """Whether a change at `p` is a change of the named file: the file itself, or a
+    hidden `..` entry beside it (a ConfigMap update swaps `..data`; the file is a link)."""
+    return any(p == f or (p.parent == f.parent and p.name.startswith("..")) for f in named)

@@ -209,3 +209,52 @@ def test_retries_while_not_serving_do_not_repeat_the_same_lines(
     state.reload_roles()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("loading bindings failed" in m for m in messages) == 2
+
+
+def test_a_bindings_file_in_a_configmap_mount_reloads_on_every_update(
+    tmp_path: Path, policy_dir: Path, bindings_file: Path
+) -> None:
+    # The file is a link through `..data` into a timestamped directory, which the next
+    # update deletes: the server must keep watching the mount, not that directory.
+    mount = tmp_path / "bindings"
+    mount.mkdir()
+
+    def publish(n: int, text: str) -> None:
+        target = mount / f"..2026_11_27_0{n}"
+        target.mkdir()
+        (target / "bindings.yaml").write_text(text, "utf-8")
+        (mount / "..data_tmp").symlink_to(target.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+        if n > 1:
+            shutil.rmtree(mount / f"..2026_11_27_0{n - 1}")
+
+    original = bindings_file.read_text()
+    publish(1, original)
+    (mount / "bindings.yaml").symlink_to("..data/bindings.yaml")
+    cfg = load_config(
+        None,
+        environ={},
+        flags={
+            "listen": "127.0.0.1:0",
+            "policies": str(policy_dir),
+            "store.bindings_file": str(mount / "bindings.yaml"),
+            "reload.debounce_ms": 50,
+            "audit.sink": "none",
+        },
+    )
+    server = PdpServer(cfg)
+    port = server.start()
+    client = PdpClient(f"127.0.0.1:{port}", timeout=5)
+    try:
+        seen = [client.server_info().bindings_version]
+        for n, text in ((2, original + "\n# update 2\n"), (3, original + "\n# update 3\n")):
+            publish(n, text)
+            wait_for(
+                lambda: client.server_info().bindings_version not in seen,
+                what=f"update {n} of the bindings",
+            )
+            seen.append(client.server_info().bindings_version)
+        assert len(set(seen)) == 3
+    finally:
+        client.close()
+        server.stop(0.5)
