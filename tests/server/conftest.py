@@ -13,8 +13,7 @@ import pytest
 
 from pdp.client import PdpClient
 from pdp.server.app import PdpServer
-from pdp.server.config import load_config
-from tests.server.support import BINDINGS, POLICIES, Running
+from tests.server.support import BINDINGS, POLICIES, Running, server_config
 
 
 @pytest.fixture
@@ -36,15 +35,8 @@ def bindings_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def running(policy_dir: Path, bindings_file: Path) -> Iterator[Running]:
     """The PDP in this process on 127.0.0.1:<free port>, with a fast reload debounce."""
-    cfg = load_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "policies": str(policy_dir),
-            "store.bindings_file": str(bindings_file),
-            "reload.debounce_ms": 50,
-        },
+    cfg = server_config(
+        policy_dir, {"store.bindings_file": str(bindings_file), "reload.debounce_ms": 50}
     )
     server = PdpServer(cfg)
     port = server.start()

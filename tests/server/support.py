@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdp.client import PdpClient
 from pdp.server.app import PdpServer
+from pdp.server.config import ServerConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -187,3 +188,12 @@ def drain_output(proc: Proc) -> str:
     """Everything the process printed (call after it exited)."""
     assert proc.popen.stdout is not None
     return "".join(proc.lines) + proc.popen.stdout.read()
+
+
+def server_config(policies: Path, flags: dict[str, object]) -> ServerConfig:
+    """Settings for a test server on a free loopback port: `policies`, then `flags`."""
+    return load_config(
+        None,
+        environ={},
+        flags={"listen": "127.0.0.1:0", "policies": str(policies), **flags},
+    )

@@ -10,9 +10,8 @@ import pytest
 
 from pdp.client import PdpClient
 from pdp.server.app import PdpServer
-from pdp.server.config import load_config
 from pdp.v1 import decision_pb2 as pb
-from tests.server.support import ALICE, DOC, NOTE, Running, wait_for
+from tests.server.support import ALICE, DOC, NOTE, Running, server_config, wait_for
 
 
 def version(client: PdpClient) -> str:
@@ -120,15 +119,8 @@ def test_a_configmap_style_swap_is_one_reload(
     (mount / "..data").symlink_to(first.name)
     for f in sorted(first.iterdir()):
         (mount / f.name).symlink_to(f"..data/{f.name}")
-    cfg = load_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "policies": str(mount),
-            "store.bindings_file": str(bindings_file),
-            "reload.debounce_ms": 50,
-        },
+    cfg = server_config(
+        mount, {"store.bindings_file": str(bindings_file), "reload.debounce_ms": 50}
     )
     server = PdpServer(cfg)
     port = server.start()
@@ -231,12 +223,9 @@ def test_a_bindings_file_in_a_configmap_mount_reloads_on_every_update(
     original = bindings_file.read_text()
     publish(1, original)
     (mount / "bindings.yaml").symlink_to("..data/bindings.yaml")
-    cfg = load_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "policies": str(policy_dir),
+    cfg = server_config(
+        policy_dir,
+        {
             "store.bindings_file": str(mount / "bindings.yaml"),
             "reload.debounce_ms": 50,
             "audit.sink": "none",

@@ -9,20 +9,16 @@ import pytest
 
 from pdp.client import PdpClient
 from pdp.server.app import PdpServer
-from pdp.server.config import load_config
 from pdp.store import migrate
 from pdp.store.sql import SqlStore
-from tests.server.support import ALICE, BOB, DOC, health_status, wait_for
+from tests.server.support import ALICE, BOB, DOC, health_status, server_config, wait_for
 from tests.store.support import PgSchema, TcpProxy, pg_reachable
 
 
 def serve_store(policy_dir: Path, url: str) -> tuple[PdpServer, PdpClient]:
-    cfg = load_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "policies": str(policy_dir),
+    cfg = server_config(
+        policy_dir,
+        {
             "store.url": url,
             "store.poll_interval": 0.05,
             "store.max_staleness": 0.5,
