@@ -67,14 +67,32 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# After a read found the database unreachable, reads fail at once for this long: an
+# outage must not hold a request thread per credential check for the whole connect
+# timeout (against a host that does not answer, 5 s each) while the pool is empty.
+RETRY_AFTER = 1.0
+
+
 class _Db:
     """Reads on the store's autocommit pool, writes in one transaction; errors translated."""
 
     def __init__(self, store: SqlStore) -> None:
         self._store = store
         self._reader = store.engines[-1]
+        self._down_until = 0.0
+        self._down_why = ""
 
     def read(self, fn: Callable[[Connection], T]) -> T:
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(self._down_why)
+        try:
+            return self._read(fn)
+        except StoreUnavailable as exc:
+            self._down_why = exc.message
+            self._down_until = time.monotonic() + RETRY_AFTER
+            raise
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
         def go(_: Engine) -> T:
             for attempt in (0, 1):
                 try:

@@ -5,12 +5,15 @@ Every test runs on SQLite and on the real PostgreSQL (see conftest.py).
 
 from __future__ import annotations
 
+import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 
+import pdp.store.identity as identity
 from pdp.identity.apikeys import ApiKeyResolver, ApiKeys, KeyHasher
 from pdp.identity.jwt import JwtResolver
 from pdp.identity.result import AuthnFailure, Cause, Identity
@@ -317,3 +320,37 @@ def _downgrade(engine: Engine, target: str) -> None:
 
     with engine.begin() as conn:
         command.downgrade(_config(conn), target)
+
+
+def test_reads_fail_at_once_for_a_moment_after_the_database_was_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A credential check must not wait out the connect timeout on every call while the
+    # database is away: after one failure, reads fail fast, then try again.
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    store = SqlStore(f"postgresql://pdp@127.0.0.1:{port}/test", check_schema=False)
+    tries = 0
+    real_run = store.run
+
+    def counted(fn: object) -> object:
+        nonlocal tries
+        tries += 1
+        return real_run(fn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "run", counted)
+    monkeypatch.setattr(identity, "RETRY_AFTER", 0.2)
+    keys = SqlApiKeys(store)
+    try:
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable, match="cannot reach the database"):
+                keys.get("abcdefgh1234")
+        assert tries == 1  # the second and third did not try to connect
+        time.sleep(0.25)
+        with pytest.raises(StoreUnavailable):
+            keys.get("abcdefgh1234")
+        assert tries == 2  # after the pause, a real attempt again
+    finally:
+        store.close()
