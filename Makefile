@@ -45,6 +45,8 @@ codegen: $(STAMP)
 # The decision service on the example policies, with the example bindings imported
 # into the embedded SQLite store ($(RUN_DB), re-synced from the file on every run).
 RUN_DB ?= pdp.db
+# The server on the example policies and bindings. It records the attributes too
+# (audit.include), so that `pdp audit show` can re-derive why a decision was made.
 run: install
 	$(BIN)/pdp validate policies --schema policies/schema.yaml
 	$(BIN)/pdp store import examples/bindings.yaml --replace --db sqlite:///$(RUN_DB) --policies policies
@@ -55,9 +57,11 @@ run: install
 	@echo
 	@echo "  grpcurl -plaintext -d '{\"subject\": {\"type\": \"user\", \"id\": \"bob\"}, \"actions\": [{\"name\": \"read\"}], \"resource\": {\"type\": \"document\", \"id\": \"42\", \"properties\": {\"tenant\": \"acme\"}, \"ancestors\": [\"folder/7\"]}}' 127.0.0.1:$(PORT) pdp.v1.DecisionService/Check"
 	@echo "  grpcurl -plaintext 127.0.0.1:$(PORT) pdp.v1.DecisionService/ServerInfo"
+	@echo "  $(BIN)/pdp audit search --since 1h      # then: $(BIN)/pdp audit show DECISION_ID"
 	@echo
 	$(BIN)/pdp serve --policies policies --schema policies/schema.yaml \
-		--store-url sqlite:///$(RUN_DB) --listen 127.0.0.1:$(PORT)
+		--store-url sqlite:///$(RUN_DB) --listen 127.0.0.1:$(PORT) \
+		--set audit.include=subject,action,resource,context
 
 # The offline tour: validate, run the policy tests, decide the example requests.
 demo: install

@@ -19,7 +19,10 @@ from pdp.lang.times import parse_time
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DENY = 0, 1, 2, 3
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped or redirected, rich would lay tables out for 80 columns and fold ids in two;
+# a file or a pager has room, and a folded id cannot be searched for.
+_PIPE_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
