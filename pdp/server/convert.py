@@ -44,11 +44,16 @@ class LimitError(ValueError):
 
 
 class InputError(ValueError):
-    """One evaluation cannot be decided; it becomes a deny with a diagnostic."""
+    """One evaluation cannot be decided; it becomes a deny with a diagnostic.
 
-    def __init__(self, field: str, message: str) -> None:
+    `entity`: the (type, id) of the subject or resource at fault, when those were
+    valid (a bad ancestor): the audit record still names what was asked about.
+    """
+
+    def __init__(self, field: str, message: str, entity: tuple[str, str] | None = None) -> None:
         self.field = field
         self.message = message
+        self.entity = entity
         super().__init__(f"`{field}` {message}")
 
 
@@ -209,7 +214,9 @@ class Converter:
         _required(id_, where + ".id")
         for i, a in enumerate(ancestors):
             if not is_scope_name(a):
-                raise InputError(f"{where}.ancestors[{i}]", "must be `type/id`, e.g. `folder/7`")
+                raise InputError(
+                    f"{where}.ancestors[{i}]", "must be `type/id`, e.g. `folder/7`", (type_, id_)
+                )
         return Resource(type_, id_, props, ancestors)
 
 

@@ -709,8 +709,8 @@ def _combine(
     name = action.name if isinstance(action, Action) else ""
     parts = (("subject", subject), ("action", action), ("resource", resource))
     # What was valid still names the record, so a search by subject or resource finds it.
-    who = (subject.type, subject.id) if isinstance(subject, Subject) else None
-    what = (resource.type, resource.id) if isinstance(resource, Resource) else None
+    who = (subject.type, subject.id) if isinstance(subject, Subject) else _entity(subject)
+    what = (resource.type, resource.id) if isinstance(resource, Resource) else _entity(resource)
     for key, part in parts:
         if part is None:
             message = f"`{_join(where, key)}` is required (here or as a default)"
@@ -721,6 +721,10 @@ def _combine(
     assert isinstance(subject, Subject) and isinstance(action, Action)
     assert isinstance(resource, Resource)
     return Request(subject, action, resource, attrs, now)
+
+
+def _entity(part: object) -> tuple[str, str] | None:
+    return part.entity if isinstance(part, InputError) else None
 
 
 def _join(a: str, b: str) -> str:

@@ -139,6 +139,7 @@ def test_every_decision_is_recorded_with_its_fields(serve: Any) -> None:
     bad_ancestor = records[answered[8].decision_id]
     assert bad_ancestor.diagnostics[0].code == "invalid_request"
     assert bad_ancestor.subject == "user:bob"  # found by `pdp audit search subject=user:bob`
+    assert bad_ancestor.resource == "doc/1"  # and by resource=doc/1
     # No attributes unless configured.
     assert first.subject_properties is None and first.context is None
     assert verify(JsonlSource(s.log)).ok
