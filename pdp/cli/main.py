@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pdp` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unrecognized(parser, list(sys.argv[1:] if argv is None else argv), extra)
     try:
         code: int = args.run(args)
     except KeyboardInterrupt:
@@ -77,3 +79,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _unrecognized(parser: argparse.ArgumentParser, argv: list[str], extra: list[str]) -> None:
+    """Exit 2 with the usage of the command that was meant, naming the closest option.
+
+    argparse would answer with the top-level usage, which helps nobody who typed
+    `pdp serve --listne`.
+    """
+    from pdp.lang.errors import did_you_mean
+
+    command = parser
+    for token in argv:  # down the sub-commands the arguments name
+        subs = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and token in subs[0].choices:
+            command = subs[0].choices[token]
+    options = [o for a in command._actions for o in a.option_strings]
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    first = next((x.split("=")[0] for x in extra if x.startswith("--")), None)
+    hint = did_you_mean(first, options) if first else None
+    command.error(message + (f"; {hint}" if hint else ""))

@@ -539,3 +539,19 @@ def test_the_example_policies_validate(capsys: pytest.CaptureFixture[str]) -> No
     code, out, err = run(capsys, "validate", REPO / "policies")
     assert code == 0, err
     assert out.startswith("ok: ")
+
+
+def test_an_unknown_option_gets_its_commands_usage_and_the_closest_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pdp.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["bindings", "list", "--subjct", "user:x"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: pdp bindings list")
+    assert (
+        "pdp bindings list: error: unrecognized arguments: --subjct user:x; "
+        "did you mean `--subject`?" in err
+    )
