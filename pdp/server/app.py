@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from pdp.audit.jsonl import JsonlSink
 from pdp.audit.recorder import Recorder, default_chain, default_directory, open_recorder
 from pdp.audit.sink import DecisionSink
-from pdp.server.config import ServerConfig
+from pdp.server.config import ServerConfig, split_address
 from pdp.server.envoy_service import SERVICE_NAME as ENVOY_SERVICE_NAME
 from pdp.server.envoy_service import EnvoyService, envoy_settings
 from pdp.server.identity import IdentitySetupError, build_identity
@@ -98,8 +99,9 @@ def build_grpc_server(cfg: ServerConfig, *, reuse_port: bool = False) -> grpc.Se
     )
 
 
-def bind(server: grpc.Server, cfg: ServerConfig) -> int:
+def bind(server: grpc.Server, cfg: ServerConfig, *, reuse_port: bool = False) -> int:
     """Listen on `cfg.listen` (TLS when configured); the port actually bound."""
+    _check_address(cfg.listen, reuse_port)
     tls = cfg.tls
     try:
         if tls.enabled:
@@ -119,6 +121,28 @@ def bind(server: grpc.Server, cfg: ServerConfig) -> int:
     if port == 0:  # older grpc versions report failure this way
         raise StartupError(f"cannot listen on {cfg.listen}: address in use or not available")
     return port
+
+
+def _check_address(listen: str, reuse_port: bool) -> None:
+    """StartupError with the system's reason when `listen` cannot be bound now.
+
+    gRPC would say only that no address was added, after printing a line of its own.
+    """
+    host, port = split_address(listen)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {listen}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        if reuse_port:  # --workers: the others hold the port the same way
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
 def _read(path: str, key: str) -> bytes:
@@ -219,7 +243,7 @@ class PdpServer:
             services.append(ENVOY_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(services, self.server)
-        self.port = bind(self.server, self.cfg)
+        self.port = bind(self.server, self.cfg, reuse_port=self.reuse_port)
         self.server.start()
         if wait_ready:
             self.state.load_all()

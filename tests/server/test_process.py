@@ -168,3 +168,25 @@ def test_print_config_hides_database_passwords(capsys: pytest.CaptureFixture[str
     assert "s3cret" not in printed
     assert 'url = "postgresql://pdp:***@127.0.0.1/pdp"' in printed
     assert 'url = "sqlite:///a.db"' in printed
+
+
+def test_a_port_in_use_is_one_line_with_the_systems_reason(policy_dir: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "pdp.cli.main", "serve", "--listen", f"127.0.0.1:{port}"]
+            + ["--policies", str(policy_dir), "--set", "audit.sink=none"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"pdp serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
