@@ -32,6 +32,22 @@ def enrich(subject: Subject, source: RoleSource) -> Subject:
     return Subject(subject.type, subject.id, {**subject.properties, **stored})
 
 
+def as_seen(subject: Subject, seen: dict[int, Subject], source: RoleSource) -> Subject:
+    """`subject` as the engine saw it, stored attributes added: from `seen` (which
+    `evaluate` fills), else read now and kept there; itself when the store fails.
+
+    What the audit log records, so that a decision can be re-derived from its record.
+    """
+    full = seen.get(id(subject))
+    if full is None:
+        try:
+            full = enrich(subject, source)
+        except StoreError:
+            full = subject
+        seen[id(subject)] = full
+    return full
+
+
 def evaluate(
     policy: CompiledPolicySet,
     requests: Sequence[Request],

@@ -41,14 +41,13 @@ from pdp.engine.request import Request, Subject
 from pdp.envoy.authorize import CheckOutcome, EnvoyAuthorizer, EnvoySettings
 from pdp.envoy.responses import deny
 from pdp.envoy.routes import RouteTable
-from pdp.evaluation import enrich, evaluate
+from pdp.evaluation import as_seen, evaluate
 from pdp.identity.result import Identity
 from pdp.server.config import EnvoyConfig
 from pdp.server.identity import ServerIdentity
 from pdp.server.ids import new_decision_id
 from pdp.server.service import caller_identities
 from pdp.server.state import ServingState, Snapshot
-from pdp.store.errors import StoreError
 
 log = logging.getLogger("pdp.envoy")
 
@@ -192,14 +191,7 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
         config = recorder.config
         request = outcome.request
         if request is not None and "subject" in config.include:
-            # The subject as the engine saw it, with its stored attributes (read again
-            # only if the engine never got that far).
-            subject = seen.get(id(request.subject))
-            if subject is None:
-                try:
-                    subject = enrich(request.subject, snap.roles.source)
-                except StoreError:
-                    subject = request.subject
+            subject = as_seen(request.subject, seen, snap.roles.source)
             request = Request(
                 subject, request.action, request.resource, request.context, request.now
             )

@@ -36,7 +36,7 @@ from pdp.audit.record import RecordDraft
 from pdp.audit.recorder import Recorder
 from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Action, Request, Resource, Subject
-from pdp.evaluation import enrich, evaluate
+from pdp.evaluation import as_seen, evaluate
 from pdp.identity.resolver import Authenticator
 from pdp.identity.result import (
     PUBLIC_MESSAGE,
@@ -561,16 +561,7 @@ class DecisionService:
         for it, d, decision_id in zip(items, decisions, ids, strict=False):
             req = it if isinstance(it, Request) else None
             if req is not None and with_subject:
-                # The subject as the engine saw it: with the store's attributes, so that
-                # the decision can be re-derived from the record. Read again only for a
-                # request the engine did not reach (the store failed first).
-                subject = enriched.get(id(req.subject))
-                if subject is None:
-                    try:
-                        subject = enrich(req.subject, snap.roles.source)
-                    except StoreError:
-                        subject = req.subject
-                    enriched[id(req.subject)] = subject
+                subject = as_seen(req.subject, enriched, snap.roles.source)
                 req = Request(subject, req.action, req.resource, req.context, req.now)
             records.append(
                 RecordDraft(
