@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -92,17 +94,9 @@ max_batch = 2
 
 
 def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     cfg = tmp_path / "pdp.toml"
     cfg.write_text('[limits]\nmax_batch = "ten"\n', encoding="utf-8")
-    r = subprocess.run(
-        [sys.executable, "-m", "pdp.cli.main", "serve", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = serve_and_exit("--config", str(cfg))
     assert r.returncode == 2
     assert r.stderr.strip() == (
         f'error: {cfg}: limits.max_batch: must be a positive integer, got "ten"'
@@ -172,21 +166,30 @@ def test_print_config_hides_database_passwords(capsys: pytest.CaptureFixture[str
 
 def test_a_port_in_use_is_one_line_with_the_systems_reason(policy_dir: Path) -> None:
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = subprocess.run(
-            [sys.executable, "-m", "pdp.cli.main", "serve", "--listen", f"127.0.0.1:{port}"]
-            + ["--policies", str(policy_dir), "--set", "audit.sink=none"],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        r = serve_and_exit(
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--policies",
+            str(policy_dir),
+            "--set",
+            "audit.sink=none",
         )
     assert r.returncode == 1
     assert r.stderr.strip() == (
         f"pdp serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+
+
+def serve_and_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """`pdp serve ARGS` run to its end (a start-up error), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pdp.cli.main", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
