@@ -437,10 +437,7 @@ class DecisionService:
             attrs = (
                 conv.struct(ev.context, where + ".context") if ev.HasField("context") else d_context
             )
-            if type(subject) is Subject and type(action) is Action and type(resource) is Resource:
-                items.append(Request(subject, action, resource, attrs, now))
-            else:  # something missing or malformed: say what, for this evaluation
-                items.append(_combine(subject, action, resource, attrs, where, now))
+            items.append(_combine(subject, action, resource, attrs, where, now))
         return items
 
     def _decide(
@@ -697,6 +694,8 @@ def _combine(
     now: datetime,
 ) -> Request | _Invalid:
     """The request, or why it cannot be decided. `now` is set here, once per call."""
+    if type(subject) is Subject and type(action) is Action and type(resource) is Resource:
+        return Request(subject, action, resource, attrs, now)  # every check: nothing else
     name = action.name if isinstance(action, Action) else ""
     parts = (("subject", subject), ("action", action), ("resource", resource))
     # What was valid still names the record, so a search by subject or resource finds it.
@@ -706,12 +705,9 @@ def _combine(
         if part is None:
             message = f"`{_join(where, key)}` is required (here or as a default)"
             return _Invalid(message, name, resource=what, subject=who)
-    for _key, part in parts:
-        if isinstance(part, InputError):
-            return _Invalid(str(part), name, resource=what, subject=who)
-    assert isinstance(subject, Subject) and isinstance(action, Action)
-    assert isinstance(resource, Resource)
-    return Request(subject, action, resource, attrs, now)
+    # Not all valid and none missing: one of them is an InputError.
+    bad = next(part for _, part in parts if isinstance(part, InputError))
+    return _Invalid(str(bad), name, resource=what, subject=who)
 
 
 def _entity(part: object) -> tuple[str, str] | None:
