@@ -9,6 +9,7 @@ without a record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -102,6 +103,18 @@ class Recorder:
         if not self.durable:
             return None
         if ticket.wait(self.durable_timeout):
+            return None
+        return ticket.error or "the audit log did not store the record"
+
+    async def record_async(self, records: Sequence[DecisionRecord | RecordDraft]) -> str | None:
+        """As `record`, for a call answered on the running event loop: never blocks it.
+
+        The records are written by the writer's thread; a durable call awaits them.
+        """
+        ticket = self.writer.submit(records, asyncio.get_running_loop())
+        if not self.durable:
+            return None
+        if await ticket.wait_async(self.durable_timeout):
             return None
         return ticket.error or "the audit log did not store the record"
 

@@ -11,7 +11,10 @@ call's path.
   calls arriving meanwhile queue up, and when the write is done the first of them is
   woken to write the next batch for all of them. So one fsync (or commit) serves
   every call that arrived during the previous one, and no thread hand-off is added
-  to a call's path beyond the wake-up it needs anyway.
+  to a call's path beyond the wake-up it needs anyway. A call answered on an event
+  loop must not block it: it submits with its `loop`, never leads, and awaits
+  `Ticket.wait_async`; the background thread writes the batches such calls queue,
+  and wakes each loop once per batch.
 - `buffered`: `submit` returns at once; a background thread writes within
   `flush_interval` seconds. When the sink fails the records are kept and retried, up
   to `buffer_limit`; past that new ones are dropped and counted in `stats().lost`,
@@ -26,6 +29,7 @@ are always kept.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -67,9 +71,15 @@ class WriterStats:
 class Ticket:
     """The outcome of one `submit`: wait for it in `durable` mode."""
 
-    __slots__ = ("_lock", "_writer", "ok", "error", "cancelled", "lead", "finished")
+    __slots__ = ("_lock", "_writer", "_future", "ok", "error", "cancelled", "lead", "finished")
 
-    def __init__(self, writer: AuditWriter | None = None, *, done: bool = False) -> None:
+    def __init__(
+        self,
+        writer: AuditWriter | None = None,
+        *,
+        done: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         # A held lock that is released once: the cheapest wait-and-wake there is (one
         # C call each side), which matters on every durable call.
         self._lock = threading.Lock()
@@ -79,6 +89,10 @@ class Ticket:
         self.cancelled = False  # the caller gave up waiting (and denied)
         self.lead = False  # the lock was released to make the caller write, not because done
         self.finished = done
+        # Awaited on `loop` (see wait_async): such a caller is never asked to lead.
+        self._future: asyncio.Future[None] | None = (
+            loop.create_future() if loop is not None and not done else None
+        )
         if not done:
             self._lock.acquire()
 
@@ -123,8 +137,30 @@ class Ticket:
             self._lock.release()  # a second wait() returns at once
             return self.ok
 
-    def _finish(self, ok: bool, error: str = "") -> None:
-        """Done: stored (`ok`) or not. Once per ticket; later calls change nothing."""
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """As `wait`, for a ticket submitted with a `loop`: awaited there, no thread held."""
+        future = self._future
+        if future is None:
+            return self.wait(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            writer = self._writer
+            assert writer is not None
+            with writer._cond:
+                if not self.finished:
+                    self.cancelled = True
+                    self.error = f"the audit log did not confirm the write within {timeout} s"
+                    return False
+        return self.ok
+
+    def _finish(self, ok: bool, error: str = "", woken: list[Ticket] | None = None) -> None:
+        """Done: stored (`ok`) or not. Once per ticket; later calls change nothing.
+
+        An awaited ticket is added to `woken` when given (the caller wakes its loop once
+        for all of them), else its loop is woken now.
+        """
         writer = self._writer
         assert writer is not None
         with writer._cond:
@@ -136,10 +172,15 @@ class Ticket:
                 self.lead = False  # released to lead, not picked up yet: that release stands
             else:
                 self._lock.release()
+        if self._future is not None:
+            if woken is None:
+                _wake([self])
+            else:
+                woken.append(self)
 
     def _promote(self) -> bool:
         """Wake the caller to write the next batch (under the writer's lock)."""
-        if self.finished or self.cancelled:
+        if self.finished or self.cancelled or self._future is not None:
             return False
         self.lead = True
         self._lock.release()
@@ -147,6 +188,25 @@ class Ticket:
 
 
 _DONE = Ticket(done=True)  # what buffered calls get: nothing to wait for
+
+
+def _wake(tickets: Sequence[Ticket]) -> None:
+    """Resolve awaited tickets' futures on their loops: one hand-off per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for t in tickets:
+        if t._future is not None:
+            by_loop.setdefault(t._future.get_loop(), []).append(t._future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, futures)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _resolve(futures: Sequence[asyncio.Future[None]]) -> None:
+    for f in futures:
+        if not f.done():
+            f.set_result(None)
 
 
 class AuditWriter:
@@ -214,11 +274,14 @@ class AuditWriter:
         self._thread = threading.Thread(target=self._run, name="pdp-audit-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, records: Sequence[Submitted]) -> Ticket:
+    def submit(
+        self, records: Sequence[Submitted], loop: asyncio.AbstractEventLoop | None = None
+    ) -> Ticket:
         """Queue the records (or drafts) of one call, in decision order; see the modes above.
 
         Durable: the records are written by the time `Ticket.wait` returns True (when
-        no write was in progress, they are written before `submit` returns).
+        no write was in progress, they are written before `submit` returns). With `loop`
+        (the caller's event loop) `submit` never writes: await `Ticket.wait_async`.
         """
         if self.sample_allowed < 1.0:
             kept = [r for r in records if not r.allowed or self._sampled(r.decision_id)]
@@ -231,7 +294,7 @@ class AuditWriter:
         if self.mode == "buffered":
             self._submit_buffered(records)
             return _DONE
-        ticket = Ticket(self)
+        ticket = Ticket(self, loop=loop)
         with self._cond:
             refusal = self._refusal()
             if refusal is None:
@@ -239,6 +302,9 @@ class AuditWriter:
                 self._pending += len(records)
                 if self._writing:
                     return ticket  # the writer in progress, or the next leader, takes it
+                if loop is not None:
+                    self._cond.notify_all()  # the background thread writes it
+                    return ticket
                 self._writing = True
             else:
                 self._rejected += len(records)
@@ -355,11 +421,14 @@ class AuditWriter:
                 records, ticket = self._queue[0]
                 if ticket._promote():
                     return
+                if ticket._future is not None and not (ticket.finished or ticket.cancelled):
+                    break  # awaited on a loop: the background thread writes it
                 self._queue.popleft()  # gave up waiting: it denied, so no record
                 self._pending -= len(records)
                 self._rejected += len(records)
             self._writing = False
-            self._cond.notify_all()  # close() may be waiting for the last write
+            # close() may be waiting for the last write; the background thread for work.
+            self._cond.notify_all()
 
     # --- buffered, probing, closing: the background thread -------------------------------
 
@@ -373,7 +442,8 @@ class AuditWriter:
                 if self._writing:
                     continue  # a durable leader is at it
                 self._writing = True
-                batch = self._take() if self.mode == "buffered" or self._closing else []
+                # Durable: what calls awaiting on an event loop queued (threads lead).
+                batch = self._take()
             try:
                 if not self._opened and not self._try_open():
                     self._failed(batch)
@@ -396,9 +466,15 @@ class AuditWriter:
         if self._closing:
             return not self._writing
         now = time.monotonic()
+        if self.mode == "durable":
+            # Leaders write for threads that wait; calls awaiting on a loop cannot lead,
+            # so what they queue is written here (while failing: as the next probe).
+            if self._writing:
+                return False
+            return now >= self._retry_at if not self._healthy else bool(self._queue)
         if not self._healthy and now >= self._retry_at:
-            return not self._writing and (self.mode == "buffered" or not self._queue)
-        if self.mode == "durable" or not self._queue or not self._healthy:
+            return not self._writing
+        if not self._queue or not self._healthy:
             return False
         return self._pending >= self.max_batch or now >= self._flush_at
 
@@ -456,13 +532,16 @@ class AuditWriter:
             self._set_health(True, "")
         # One round on the lock for the counters and every ticket (`_finish` re-enters
         # it cheaply): under load each extra round is a contended lock and a GIL hand-off.
+        woken: list[Ticket] = []
         with self._cond:
             self._written += len(sealed)
             self._batches += 1
             self._flush_at = time.monotonic() + self.flush_interval
             for _, ticket in batch:
                 if ticket is not _DONE:  # buffered calls share one finished ticket
-                    ticket._finish(True)
+                    ticket._finish(True, woken=woken)
+        if woken:
+            _wake(woken)
 
     def _failed(self, batch: list[Item]) -> None:
         self._set_health(False, self._last_error)

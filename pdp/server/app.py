@@ -8,6 +8,7 @@ from a `ServerConfig`; nothing below this module reads configuration.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -90,16 +92,28 @@ def grpc_options(cfg: ServerConfig, *, reuse_port: bool) -> list[tuple[str, int]
     ]
 
 
-def build_grpc_server(cfg: ServerConfig, *, reuse_port: bool = False) -> grpc.Server:
-    """A grpc.Server with the configured threads and limits, no services yet."""
-    return grpc.server(
-        ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="pdp-rpc"),
+def build_grpc_server(
+    cfg: ServerConfig, *, reuse_port: bool = False, executor: ThreadPoolExecutor | None = None
+) -> grpc.aio.Server:
+    """A grpc.aio.Server with the configured limits, no services yet; made on the
+    event loop that will run it.
+
+    `executor` runs the handlers that are plain functions (health checking, the Envoy
+    endpoint); the decision service's coroutines choose for themselves.
+    """
+    return grpc.aio.server(
+        migration_thread_pool=executor,
         options=grpc_options(cfg, reuse_port=reuse_port),
         maximum_concurrent_rpcs=cfg.limits.max_concurrent_rpcs,
     )
 
 
-def bind(server: grpc.Server, cfg: ServerConfig, *, reuse_port: bool = False) -> int:
+def thread_pool(cfg: ServerConfig) -> ThreadPoolExecutor:
+    """The `threads` that answer calls which may block (store and identity lookups)."""
+    return ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="pdp-rpc")
+
+
+def bind(server: grpc.aio.Server, cfg: ServerConfig, *, reuse_port: bool = False) -> int:
     """Listen on `cfg.listen` (TLS when configured); the port actually bound."""
     _check_address(cfg.listen, reuse_port)
     tls = cfg.tls
@@ -184,6 +198,7 @@ class PdpServer:
             self.cfg, worker=self.worker, sink=self.sink, on_health=self._on_audit_health
         )
         self.started_at = datetime.now(UTC)
+        self._pool = thread_pool(self.cfg)
         self.service = DecisionService(
             self.state,
             self.cfg.limits,
@@ -192,6 +207,10 @@ class PdpServer:
             tls=self.cfg.tls.enabled,
             started_at=self.started_at,
             authenticator=self.identity.authenticator if self.cfg.identity.enabled else None,
+            # Answered on the event loop when no call can block it: roles held in memory
+            # and no credential to look up (keys, sessions, JWKS).
+            inline=not self.backend.may_block and not self.cfg.identity.enabled,
+            executor=self._pool,
         )
         if self.cfg.envoy.enabled:
             if not self.cfg.identity.enabled:
@@ -213,7 +232,10 @@ class PdpServer:
             watch=self.cfg.reload_enabled,
             ignore=[self._audit_dir()] if self.cfg.audit.sink == "jsonl" else [],
         )
-        self.server = build_grpc_server(self.cfg, reuse_port=self.reuse_port)
+        # gRPC runs on an event loop of its own thread; start() and stop() stay plain calls.
+        self.server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self.port = 0
         self.state.on_ready_change(self._on_ready)
         self.state.on_swap(self._on_swap)
@@ -236,21 +258,43 @@ class PdpServer:
             raise StartupError(f"audit log: {error}")
         self._started = True
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server.add_generic_rpc_handlers((self.service.handler(),))
-        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        if self.envoy is not None:
-            self.envoy.add_to(self.server)
-            services.append(ENVOY_SERVICE_NAME)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(services, self.server)
-        self.port = bind(self.server, self.cfg, reuse_port=self.reuse_port)
-        self.server.start()
+        loop = self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=loop.run_forever, name="pdp-grpc", daemon=True)
+        self._loop_thread.start()
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(), loop).result()
+        except BaseException:
+            self._stop_loop()
+            raise
         if wait_ready:
             self.state.load_all()
         else:
             threading.Thread(target=self.state.load_all, name="pdp-load", daemon=True).start()
         self.reloader.start()
         return self.port
+
+    async def _start_grpc(self) -> int:
+        server = build_grpc_server(self.cfg, reuse_port=self.reuse_port, executor=self._pool)
+        server.add_generic_rpc_handlers((self.service.handler(),))
+        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.envoy is not None:
+            self.envoy.add_to(server)
+            services.append(ENVOY_SERVICE_NAME)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(services, server)
+        port = bind(server, self.cfg, reuse_port=self.reuse_port)
+        await server.start()
+        self.server = server
+        return port
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        self._loop = self._loop_thread = None
 
     def _on_ready(self, ready: bool) -> None:
         if ready and not self._stopped:
@@ -313,10 +357,15 @@ class PdpServer:
         # Health first, so that load balancers stop sending before the port closes.
         self.health.enter_graceful_shutdown()
         self.reloader.stop()
-        self.server.stop(self.cfg.grace_seconds if grace is None else grace).wait()
+        if self.server is not None and self._loop is not None:
+            grace = self.cfg.grace_seconds if grace is None else grace
+            asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result()
         if self.recorder is not None:
-            # After the last call: what is buffered is written before the process ends.
+            # After the last call: what is buffered is written before the process ends
+            # (with the loop still running, for durable calls awaiting their records).
             self.recorder.close()
+        self._stop_loop()
+        self._pool.shutdown(wait=False)
         assert self.backend is not None
         self.backend.close()
         self.identity.close()

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import grpc.aio
 from envoy.service.auth.v3 import (  # type: ignore[import-untyped]
     external_auth_pb2,
     external_auth_pb2_grpc,
@@ -88,7 +89,9 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
         # One authorizer per route table: rebuilt only when a reload brings a new one.
         self._current: tuple[RouteTable, EnvoyAuthorizer] | None = None
 
-    def add_to(self, server: grpc.Server) -> None:
+    def add_to(self, server: grpc.Server | grpc.aio.Server) -> None:
+        """Register Check; on a grpc.aio server it runs on the server's thread pool
+        (route matching and credential lookups may block)."""
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self, server)
 
     def ready(self) -> bool:

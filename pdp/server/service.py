@@ -15,15 +15,23 @@ anything unexpected is logged with its traceback and answered as a deny with an
 Audit: every decision's record is built after the engine decided and handed to the
 `Recorder` before the answer goes out. In `durable` mode a call whose records could
 not be stored is answered with denies carrying an `audit_unavailable` diagnostic.
+
+Where a call runs: the server is `grpc.aio`. When nothing a call uses can block (roles
+from the bindings file, no credential lookups) it is answered on the event loop
+itself, and a durable call awaits its record there without holding a thread: no
+hand-off between threads on the hot path. Otherwise (the SQL store, identity lookups)
+each call runs on the thread pool, so one slow query never stalls the others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -58,6 +66,10 @@ log = logging.getLogger("pdp.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 
 M = TypeVar("M", bound=Message)
+# A call's response, and the drafts of its decisions' records (to be stored before the
+# response goes out; none when the audit log is off).
+Answer = tuple[M, Sequence[RecordDraft]]
+_NONE: Sequence[RecordDraft] = ()
 
 # Semantics of the Evaluations call: stop after a decision equal to this, or never.
 _STOP_AFTER: dict[int, bool | None] = {
@@ -89,8 +101,13 @@ class DecisionService:
         started_at: datetime | None = None,
         tls: bool = False,
         authenticator: Authenticator | None = None,
+        inline: bool = False,
+        executor: Executor | None = None,
     ) -> None:
         self._state = state
+        # On the event loop when nothing a call uses can block; else on `executor`.
+        self._inline = inline or executor is None
+        self._executor = executor
         self._limits = limits
         # For calls that pass a raw `credential` instead of a subject; None: refused.
         self._authn = authenticator
@@ -104,15 +121,17 @@ class DecisionService:
         self._started_at = started_at or datetime.now(UTC)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler to add to a grpc.Server."""
+        """The generic handler to add to a grpc.aio.Server."""
 
         def method(
-            fn: Callable[[bytes, grpc.ServicerContext], M],
+            fn: Callable[[bytes, grpc.ServicerContext], Answer[M]],
             out: type[M],
             fallback: Callable[[bytes], M] | None,
         ) -> grpc.RpcMethodHandler[bytes, M]:
+            guarded = self._guarded(fn, out, fallback)
+            call = self._on_loop(guarded) if self._inline else self._on_pool(guarded)
             return grpc.unary_unary_rpc_method_handler(
-                self._guarded(fn, out, fallback),
+                call,
                 request_deserializer=None,  # raw bytes: we parse, so we can say what is wrong
                 response_serializer=out.SerializeToString,
             )
@@ -131,16 +150,58 @@ class DecisionService:
             },
         )
 
+    def _on_loop(
+        self, answer: Callable[[bytes, grpc.ServicerContext], Answer[M]]
+    ) -> Callable[[bytes, grpc.ServicerContext], Awaitable[M]]:
+        """The call answered on the event loop; a durable record is awaited, not waited."""
+        recorder = self._recorder
+
+        async def call(raw: bytes, context: grpc.ServicerContext) -> M:
+            response, drafts = answer(raw, context)
+            if drafts and recorder is not None:
+                try:
+                    failure = await recorder.record_async(drafts)
+                except Exception as exc:
+                    failure = _recorder_failed(exc)
+                if failure is not None:
+                    self._unrecorded(response, failure)
+            return response
+
+        return call
+
+    def _on_pool(
+        self, answer: Callable[[bytes, grpc.ServicerContext], Answer[M]]
+    ) -> Callable[[bytes, grpc.ServicerContext], Awaitable[M]]:
+        """The call answered on the thread pool: a lookup that blocks holds one thread."""
+        recorder = self._recorder
+
+        def blocking(raw: bytes, context: grpc.ServicerContext) -> M:
+            response, drafts = answer(raw, context)
+            if drafts and recorder is not None:
+                try:
+                    failure = recorder.record(drafts)
+                except Exception as exc:
+                    failure = _recorder_failed(exc)
+                if failure is not None:
+                    self._unrecorded(response, failure)
+            return response
+
+        async def call(raw: bytes, context: grpc.ServicerContext) -> M:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, blocking, raw, context)
+
+        return call
+
     def _guarded(
         self,
-        fn: Callable[[bytes, grpc.ServicerContext], M],
+        fn: Callable[[bytes, grpc.ServicerContext], Answer[M]],
         out: type[M],
         fallback: Callable[[bytes], M] | None,
-    ) -> Callable[[bytes, grpc.ServicerContext], M]:
+    ) -> Callable[[bytes, grpc.ServicerContext], Answer[M]]:
         """Caller check first; statuses for rejected calls; never a traceback outwards."""
         allowed = self._allowed
 
-        def call(raw: bytes, context: grpc.ServicerContext) -> M:
+        def call(raw: bytes, context: grpc.ServicerContext) -> Answer[M]:
             try:
                 if allowed and not (caller_identities(context) & allowed):
                     raise _Rejected(
@@ -151,18 +212,18 @@ class DecisionService:
             except _Rejected as rej:
                 context.set_code(rej.code)
                 context.set_details(rej.details)
-                return out()
+                return out(), _NONE
             except Exception:
                 # A bug of ours outside the decision step (which has its own net).
                 log.exception("internal error in %s", fn.__name__.strip("_"))
                 try:
                     if fallback is not None:
-                        return fallback(raw)
+                        return fallback(raw), _NONE
                 except Exception:
                     log.exception("internal error while answering an internal error")
                 context.set_code(grpc.StatusCode.INTERNAL)
                 context.set_details("internal error; the server log has the details")
-                return out()
+                return out(), _NONE
 
         return call
 
@@ -194,7 +255,7 @@ class DecisionService:
 
     # --- the calls ----------------------------------------------------------------------
 
-    def _check(self, raw: bytes, context: grpc.ServicerContext) -> pb.CheckResponse:
+    def _check(self, raw: bytes, context: grpc.ServicerContext) -> Answer[pb.CheckResponse]:
         started = time.perf_counter_ns()
         snap = self._snapshot()
         msg = self._parse(raw, pb.CheckRequest)
@@ -220,11 +281,12 @@ class DecisionService:
             raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if authn is not None:
             items = _with_authn(items, authn)
-        return pb.CheckResponse(
-            decisions=self._decide(snap, items, None, context, started, _audit_of(authn))
-        )
+        decisions, drafts = self._decide(snap, items, None, context, started, _audit_of(authn))
+        return pb.CheckResponse(decisions=decisions), drafts
 
-    def _evaluations(self, raw: bytes, context: grpc.ServicerContext) -> pb.EvaluationsResponse:
+    def _evaluations(
+        self, raw: bytes, context: grpc.ServicerContext
+    ) -> Answer[pb.EvaluationsResponse]:
         started = time.perf_counter_ns()
         snap = self._snapshot()
         msg = self._parse(raw, pb.EvaluationsRequest)
@@ -246,11 +308,14 @@ class DecisionService:
         if authn is not None:
             items = _with_authn(items, authn)
         stop_after = _STOP_AFTER[msg.semantic]
-        return pb.EvaluationsResponse(
-            decisions=self._decide(snap, items, stop_after, context, started, _audit_of(authn))
+        decisions, drafts = self._decide(
+            snap, items, stop_after, context, started, _audit_of(authn)
         )
+        return pb.EvaluationsResponse(decisions=decisions), drafts
 
-    def _list_actions(self, raw: bytes, context: grpc.ServicerContext) -> pb.ListActionsResponse:
+    def _list_actions(
+        self, raw: bytes, context: grpc.ServicerContext
+    ) -> Answer[pb.ListActionsResponse]:
         started = time.perf_counter_ns()
         snap = self._snapshot()
         msg = self._parse(raw, pb.ListActionsRequest)
@@ -274,32 +339,35 @@ class DecisionService:
             refused: list[Request | _Invalid] = [
                 _Invalid(PUBLIC_MESSAGE, "", "unauthenticated", asked)
             ]
-            response.decisions.extend(
-                self._decide(snap, refused, None, context, started, _audit_of(authn))
+            decisions, drafts = self._decide(
+                snap, refused, None, context, started, _audit_of(authn)
             )
-            return response
+            response.decisions.extend(decisions)
+            return response, drafts
         for part in (subject, resource):
             if isinstance(part, InputError):
                 response.diagnostics.append(_diag("invalid_request", str(part)))
-                return response
+                return response, _NONE
         assert isinstance(subject, Subject) and isinstance(resource, Resource)
         declared = snap.policy.actions.get(resource.type)
         if declared is None:
             message = f"resource type `{resource.type}` is not declared"
             response.diagnostics.append(_diag("unknown_resource_type", message))
-            return response
+            return response, _NONE
         now = datetime.now(UTC)
         items: list[Request | _Invalid] = [
             Request(subject, Action(a), resource, attrs, now) for a in declared
         ]
-        decisions = self._decide(snap, items, None, context, started, _audit_of(authn))
+        decisions, drafts = self._decide(snap, items, None, context, started, _audit_of(authn))
         response.decisions.extend(decisions)
         response.allowed.extend(d.action for d in decisions if d.decision)
         if decisions:
             response.bindings_version = decisions[0].bindings_version
-        return response
+        return response, drafts
 
-    def _server_info(self, raw: bytes, context: grpc.ServicerContext) -> pb.ServerInfoResponse:
+    def _server_info(
+        self, raw: bytes, context: grpc.ServicerContext
+    ) -> Answer[pb.ServerInfoResponse]:
         self._parse(raw, pb.ServerInfoRequest)
         state = self._state
         snap = state.snapshot
@@ -342,7 +410,7 @@ class DecisionService:
             info.last_reload.policy_version = last.policy_version
             info.last_reload.errors.extend(last.errors)
             info.last_reload.what = last.what
-        return info
+        return info, _NONE
 
     # --- shared steps -------------------------------------------------------------------
 
@@ -448,9 +516,10 @@ class DecisionService:
         context: grpc.ServicerContext,
         started: int,
         authn: Mapping[str, Any] | None = None,
-    ) -> list[pb.Decision]:
+    ) -> tuple[list[pb.Decision], Sequence[RecordDraft]]:
         """Decide `items` in order; `_Invalid` ones are denies; stop after `stop_after`.
 
+        With the decisions, the drafts of their records (to be stored before answering).
         `authn` is the audit log's authentication section, for calls with a credential.
         """
         policy, roles = snap.policy, snap.roles
@@ -495,14 +564,13 @@ class DecisionService:
             log.exception("internal error answering decisions %s", ", ".join(ids))
         else:
             ids = new_decision_ids(len(decisions))
-        if self._recorder is not None:
-            failure = self._record(
+        drafts = (
+            _NONE
+            if self._recorder is None
+            else self._drafts(
                 snap, items, decisions, ids, bindings_version, context, started, authn, seen
             )
-            if failure is not None:
-                decisions = self._unrecorded(decisions, ids, failure)
-                # Without a record the answer carries no decision id: an id promises one.
-                ids = [""] * len(decisions)
+        )
         return [
             pb.Decision(
                 decision=d.allowed,
@@ -526,9 +594,9 @@ class DecisionService:
                 bindings_version=d.bindings_version or bindings_version,
             )
             for d, i in zip(decisions, ids, strict=True)
-        ]
+        ], drafts
 
-    def _record(
+    def _drafts(
         self,
         snap: Snapshot,
         items: Sequence[Request | _Invalid],
@@ -539,8 +607,8 @@ class DecisionService:
         started: int,
         authn: Mapping[str, Any] | None = None,
         seen: dict[int, Subject] | None = None,
-    ) -> str | None:
-        """Build and hand over the call's records; why they could not be stored, if so.
+    ) -> list[RecordDraft]:
+        """The drafts of the call's records (the writer builds each record from its draft).
 
         `seen`: the subjects as the engine saw them (see `evaluate`), by `id()`.
         """
@@ -575,26 +643,37 @@ class DecisionService:
                     known_subject=it.subject if isinstance(it, _Invalid) else None,
                 )
             )
-        try:
-            return recorder.record(records)
-        except Exception as exc:  # a bug in the audit path must not answer without a record
-            log.exception("audit recorder failed")
-            return f"internal error in the audit log ({type(exc).__name__})"
+        return records
 
-    def _unrecorded(
-        self, decisions: Sequence[Decision], ids: Sequence[str], why: str
-    ) -> list[Decision]:
-        """Durable mode, records not stored: every decision of the call becomes a deny."""
+    def _unrecorded(self, response: Message, why: str) -> None:
+        """Durable mode, records not stored: every decision of the call becomes a deny.
+
+        Without a record a decision carries no decision id: an id promises one.
+        """
+        decisions: Sequence[pb.Decision] = response.decisions  # type: ignore[attr-defined]
+        ids = [d.decision_id for d in decisions]
         now = time.monotonic()
         if now - self._audit_denied_logged > 1.0:  # at most once a second under load
             self._audit_denied_logged = now
             shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
             log.error("decisions %s denied: their audit records were not stored: %s", shown, why)
-        diag = Diagnostic(
-            "audit_unavailable",
-            "the decision could not be recorded in the audit log, so it is denied",
-        )
-        return [Decision(d.action, False, (), (diag,), d.policy_version) for d in decisions]
+        for d in decisions:
+            d.decision = False
+            d.decision_id = ""
+            del d.reasons[:]
+            del d.diagnostics[:]
+            d.diagnostics.append(_diag("audit_unavailable", UNRECORDED))
+        if isinstance(response, pb.ListActionsResponse):
+            del response.allowed[:]
+
+
+UNRECORDED = "the decision could not be recorded in the audit log, so it is denied"
+
+
+def _recorder_failed(exc: Exception) -> str:
+    # A bug in the audit path must not answer without a record: the call denies.
+    log.exception("audit recorder failed")
+    return f"internal error in the audit log ({type(exc).__name__})"
 
 
 def caller_identities(context: grpc.ServicerContext) -> frozenset[str]:
