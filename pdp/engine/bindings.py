@@ -55,7 +55,11 @@ class RoleBinding:
 
 
 class RoleSource(Protocol):
-    """Where effective roles come from: the in-memory model or the SQL store."""
+    """Where effective roles come from: the in-memory model or the SQL store.
+
+    A source that may wait on I/O (a database) calls `pdp.store.blocking.check_may_block`
+    first: on the server's event loop that moves the call to the thread pool.
+    """
 
     def roles_for(self, subject: str, scopes: Sequence[str], now: datetime) -> frozenset[str]:
         """Roles bound to `subject` or its groups (nested) in any of `scopes`, unexpired."""

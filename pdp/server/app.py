@@ -39,6 +39,7 @@ from pdp.server.reload import Reloader
 from pdp.server.roles import BindingsFileBackend, SqlStoreBackend
 from pdp.server.service import SERVICE_NAME, DecisionService
 from pdp.server.state import RoleBackend, ServingState, Snapshot
+from pdp.store.blocking import forbid_blocking
 
 log = logging.getLogger("pdp.server")
 
@@ -207,9 +208,10 @@ class PdpServer:
             tls=self.cfg.tls.enabled,
             started_at=self.started_at,
             authenticator=self.identity.authenticator if self.cfg.identity.enabled else None,
-            # Answered on the event loop when no call can block it: roles held in memory
-            # and no credential to look up (keys, sessions, JWKS).
-            inline=not self.backend.may_block and not self.cfg.identity.enabled,
+            # Calls are answered on the event loop unless a credential may have to be
+            # looked up (keys, sessions, JWKS); a role lookup that needs the database
+            # moves its call to the pool by itself (pdp.store.blocking).
+            inline=not self.cfg.identity.enabled,
             executor=self._pool,
         )
         if self.cfg.envoy.enabled:
@@ -274,6 +276,7 @@ class PdpServer:
         return self.port
 
     async def _start_grpc(self) -> int:
+        forbid_blocking()  # this is the loop's thread: lookups here never wait on I/O
         server = build_grpc_server(self.cfg, reuse_port=self.reuse_port, executor=self._pool)
         server.add_generic_rpc_handlers((self.service.handler(),))
         services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]

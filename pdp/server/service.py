@@ -16,11 +16,12 @@ Audit: every decision's record is built after the engine decided and handed to t
 `Recorder` before the answer goes out. In `durable` mode a call whose records could
 not be stored is answered with denies carrying an `audit_unavailable` diagnostic.
 
-Where a call runs: the server is `grpc.aio`. When nothing a call uses can block (roles
-from the bindings file, no credential lookups) it is answered on the event loop
+Where a call runs: the server is `grpc.aio`. A call is answered on the event loop
 itself, and a durable call awaits its record there without holding a thread: no
-hand-off between threads on the hot path. Otherwise (the SQL store, identity lookups)
-each call runs on the thread pool, so one slow query never stalls the others.
+hand-off between threads on the hot path. A call that needs the database (a role
+cache miss: `WouldBlock`) is answered again from the start on the thread pool, so a
+slow query or an outage holds one thread, never the loop; with credentials to look
+up (keys, sessions, JWKS) every call runs on the pool.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from pdp.server.config import Limits
 from pdp.server.convert import Converter, InputError, LimitError
 from pdp.server.ids import new_decision_ids
 from pdp.server.state import ServingState, Snapshot
+from pdp.store.blocking import WouldBlock
 from pdp.store.errors import StoreError
 from pdp.v1 import decision_pb2 as pb
 
@@ -156,8 +158,14 @@ class DecisionService:
         """The call answered on the event loop; a durable record is awaited, not waited."""
         recorder = self._recorder
 
+        pooled = self._on_pool(answer)
+
         async def call(raw: bytes, context: grpc.ServicerContext) -> M:
-            response, drafts = answer(raw, context)
+            try:
+                response, drafts = answer(raw, context)
+            except WouldBlock:
+                # Nothing was recorded or answered yet: start again where waiting is fine.
+                return await pooled(raw, context)
             if drafts and recorder is not None:
                 try:
                     failure = await recorder.record_async(drafts)
@@ -209,6 +217,8 @@ class DecisionService:
                         "this caller's certificate is not in tls.allowed_callers",
                     )
                 return fn(raw, context)
+            except WouldBlock:
+                raise  # not an error: the call is answered again on the thread pool
             except _Rejected as rej:
                 context.set_code(rej.code)
                 context.set_details(rej.details)
@@ -542,6 +552,8 @@ class DecisionService:
                     decisions.append(d)
                     if d.allowed is stop_after:
                         break
+        except WouldBlock:
+            raise  # see _on_loop
         except StoreError as exc:
             log.warning("role source failed: %s", exc)
             decisions = [

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import psycopg
 from cachetools import LRUCache
 
+from pdp.store.blocking import check_may_block
 from pdp.store.errors import StoreError, StoreUnavailable
 from pdp.store.sql import NOTIFY_CHANNEL, Lookup, SqlStore, short_reason
 
@@ -193,7 +194,12 @@ class CachedRoleSource:
         return self._clock() - self._confirmed <= self.max_staleness
 
     def _before_query(self) -> None:
-        """Fail at once rather than queue requests on a database known to be down."""
+        """Fail at once rather than queue requests on a database known to be down.
+
+        On the server's event loop, raise `WouldBlock`: the call is answered again on
+        the thread pool, where waiting for the database holds only one thread.
+        """
+        check_may_block()
         if not self._down:
             return
         age = self._clock() - self._confirmed

@@ -21,6 +21,7 @@ from pdp.audit.sink import ChainHead
 from pdp.server.app import serve
 from pdp.server.config import load_config
 from pdp.server.state import RoleBackend, Roles
+from pdp.store.blocking import check_may_block
 
 
 class SlowSource:
@@ -28,6 +29,7 @@ class SlowSource:
         self.delay = delay
 
     def roles_for(self, subject: str, scopes: Sequence[str], now: datetime) -> frozenset[str]:
+        check_may_block()  # as a database-backed source must: never sleep on the loop
         time.sleep(self.delay)
         return frozenset({"viewer"})
 
