@@ -295,9 +295,9 @@ def report(
     lines = [
         HEADING,
         "",
-        f"Loopback, {os.cpu_count()} CPUs, one server process each ({threads} threads), "
-        f"{concurrency} calls in "
-        "flight from an asyncio load generator in its own process. Server CPU is the "
+        f"Loopback, {os.cpu_count()} CPUs, one server process each: `grpc.aio`, calls "
+        f"answered on the event loop ({threads} pool threads, idle here), {concurrency} "
+        "calls in flight from an asyncio load generator in its own process. Server CPU is the "
         "server process's user+system time over the run divided by the calls. "
         f"{len(check)} interleaved rounds: the table shows each scenario's median round, "
         "the ratios are medians of ratios taken within a round. Request: one subject, "
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> Outcome:
     parser = argparse.ArgumentParser(description="gRPC server load benchmark")
     parser.add_argument("--calls", type=int, default=4000, help="single calls per round")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=16, help="server threads (both servers)")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv if argv is not None else [])
