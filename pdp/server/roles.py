@@ -16,8 +16,6 @@ from pdp.server.state import RoleBackend, RoleBackendError, Roles
 class BindingsFileBackend(RoleBackend):
     """Bindings held in memory, read from a YAML file and re-read when it changes."""
 
-    may_block = False  # lookups never leave memory
-
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.watch = self.path

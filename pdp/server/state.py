@@ -62,8 +62,6 @@ class RoleBackend:
     #: a file whose changes mean `load` should run again; None when nothing to watch
     watch: Path | None = None
     description: str = ""
-    #: whether a lookup may wait on I/O (a database): calls then run on the thread pool
-    may_block: bool = True
 
     def load(self, known_roles: Collection[str]) -> Roles:
         """Open or re-read the role source; RoleBackendError when it cannot be used."""
