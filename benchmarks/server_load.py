@@ -270,6 +270,76 @@ def run(calls: int, concurrency: int, rounds: int, threads: int) -> dict[str, li
     return results
 
 
+NOTES = """\
+Runs on this box differ more than the code does: compare ratios within one run. With
+the server on `grpc.aio` (this code) check/echo measured 1.23× (twice), 1.31×, 1.32×
+(twice), 1.47× and 1.52× in seven runs on 2026-11-27; the thread-pool server it
+replaced measured 1.68×–2.11× on the same day. The batch on one document gave
+21.9×–29.0× (17.8×–25.7× with the thread pool).
+
+### Why the server answers on the event loop (measured 2026-11-27)
+
+The thread-pool server (`grpc.server`, 16 threads) handed every call from gRPC's poller
+thread to a pool thread and back. Per thread (`/proc/<pid>/task/*/stat`, 8 in flight):
+the echo server's poller spent 75–104 µs per call and its pool threads 110–130 µs; the
+PDP's poller 115–138 µs and its pool threads 300–340 µs. The Check handler, timed with
+`time.thread_time_ns()` inside that server, cost 152 µs per call against 45 µs in a loop
+in-process, and 88 µs when called a second time straight after: the machine (the load
+generator on the other vCPU) slows everything about 2×, and running cold between
+hand-offs about 1.7× more.
+
+On `grpc.aio` the decision calls run on the loop's thread, with no hand-off. Measured
+side by side in one run (2 rounds, medians; the same handler in a prototype aio server
+against `pdp serve` on the thread pool): the echo call cost 353 µs of server CPU on the
+thread pool and 426 µs on aio (aio's own per-call machinery is dearer), but the check
+went from 622 to 553 µs, and from 1,670 to 2,043 calls/s. A 6-round run of the same
+pair gave check/echo 1.51×–1.73× on the thread pool and 1.08×–1.37× on aio. (An
+aio trial in an earlier session measured 1.46×–1.77×; today's runs did not reproduce
+that.) What needs I/O still runs on the pool: see docs/server.md, "Where calls run".
+
+### Why a check still costs about 1.3× an echo call
+
+The handler is 45–60 µs of Python in a loop (the box's speed moved during the day):
+parsing and converting the request about 13, the engine with the role lookup 10–17
+(fresh request objects cost more than repeated ones: string hashes), the answer with
+its decision id about 9, the rest spread over some 40 functions. Counted with
+`valgrind --tool=callgrind`: about 247,000 instructions per check, a fifth of them in
+the interpreter loop itself; no single function stands out. Inside the loaded server it
+costs two to three times the loop figure, like gRPC's own Python. For a robust 1.25× the
+handler would need about a quarter less.
+
+Tried and not adopted: **mypyc** on the engine, the converter and `pdp.evaluation`
+(in-process check 46–49 → 35–43 µs, 10–20%; a C build step in every set-up for less
+than the run-to-run noise); **fewer calls in flight** (1 in flight 1.95×, 4 in flight
+2.09×, thread-pool server); **2 to 16 pool threads** (no trend). A decision cache keyed
+on the request would make this benchmark's repeated request nearly free, and would
+measure the cache, not the service: not done.
+
+The batch goal is met because a batch pays the per-call costs once: on one document a
+batch of 100 cost about 2,000–2,600 µs of server CPU, 20–26 µs per decision against
+550–690 µs for a check. On 100 documents (nothing shared but the subject) it is
+45–55 µs per decision: each evaluation converts its own resource and looks up its own
+roles.
+
+### What made the engine and the batch path faster (2026-11-26/27)
+
+Consecutive evaluations on the same subject, resource and context share one evaluation
+state, moved from action to action, instead of a new `Request` and `Env` per
+evaluation; in that group the value of every rule condition that does not read `action`
+is computed once (as derived roles already were), an error included, so each decision
+still reports it. Each of the 100 evaluations is still decided over its own candidate
+rules into its own `Decision`. The group is formed only from values that no condition
+can tell apart (`1`, `1.0` and `True` are equal to Python, not to the policy language).
+A subject's stored attributes are read once per call. `decide` walks rules unpacked
+into tuples at compile time; comparisons and `has` skip the boolean check they can
+never fail. The server converts each distinct action of a batch once, builds a batch's
+requests without the error path, and makes its decision ids in one go. In-process:
+`evaluate` went from 14.9 to 10.5 µs for a check, from 8.5 to 3.3 µs per decision for
+the batch on one document and from 16.6 to 8.5 µs on 100 documents; the one-document
+Evaluations call from about 1.85 to 1.05 ms.
+"""
+
+
 def median_round(rounds: list[Result]) -> Result:
     """The round with the median server CPU per call."""
     return sorted(rounds, key=lambda r: r.cpu_us_per_call)[len(rounds) // 2]
@@ -324,6 +394,7 @@ def report(
         f"- batch of 100 on 100 documents / single check, decisions per second: "
         f"**{many:.1f}×** (goal ≥ 20×: {'met' if many >= 20 else 'not met'})",
         "",
+        NOTES,
     ]
     return "\n".join(lines), cpu_ratio, one, many
 
