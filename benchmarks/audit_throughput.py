@@ -70,35 +70,26 @@ def run(
         servers[FLOORS[1]] = start([*echo, "--append", str(logs / "echo")])
         for i in range(rounds):
             order = list(MODES)[i % 3 :] + list(MODES)[: i % 3]  # rotate who goes first
-            for floor in FLOORS:
-                _, port, pid = servers[floor]
-                r, _ = measure(
-                    floor,
-                    f"127.0.0.1:{port}",
-                    pid,
-                    "/bench.Echo/Echo",
-                    payload,
-                    calls,
-                    concurrency,
-                    0,
-                )
-                results.setdefault(floor, []).append(r)
-            for mode in order:
-                _, port, pid = servers[mode]
+            for name in (*FLOORS, *order):
+                _, port, pid = servers[name]
+                floor = name in FLOORS
+                method = "/bench.Echo/Echo" if floor else "/pdp.v1.DecisionService/Check"
                 r, last = measure(
-                    mode,
+                    name,
                     f"127.0.0.1:{port}",
                     pid,
-                    "/pdp.v1.DecisionService/Check",
+                    method,
                     payload,
                     calls,
                     concurrency,
-                    1,
+                    int(not floor),
                 )
+                results.setdefault(name, []).append(r)
+                if floor:
+                    continue
                 resp = pb.CheckResponse.FromString(last)
                 assert len(resp.decisions) == 1 and resp.decisions[0].decision, resp
-                answered[mode] += calls + 1 + min(200, calls)  # `measure` warms up too
-                results.setdefault(mode, []).append(r)
+                answered[name] += calls + 1 + min(200, calls)  # `measure` warms up too
     finally:
         for proc, _, _ in servers.values():
             stop(proc)  # type: ignore[arg-type]
