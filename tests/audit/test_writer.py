@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -312,4 +313,103 @@ def test_a_bug_in_writing_fails_those_calls_and_stalls_nothing(
     assert w.submit([RECORDS[1]]).wait(5)
     w.close()
     assert [r.decision_id for r in sink.records] == [RECORDS[1].decision_id]
+    assert linked(sink.records)
+
+
+# --- calls awaiting on an event loop (the server's usual path) ----------------------------
+
+
+async def _await_all(w: AuditWriter, batches: Sequence[Sequence[DecisionRecord]]) -> list[bool]:
+    loop = asyncio.get_running_loop()
+    tickets = [w.submit(list(rs), loop) for rs in batches]
+    return list(await asyncio.gather(*(t.wait_async(5) for t in tickets)))
+
+
+def test_durable_calls_on_a_loop_await_their_records_without_leading() -> None:
+    sink = SlowSink(delay=0.05)
+    w = writer(sink)
+    main = threading.current_thread()
+    writers: list[threading.Thread] = []
+    original = sink.write_batch
+
+    def spy(records: Sequence[DecisionRecord], lines: Sequence[str]) -> None:
+        writers.append(threading.current_thread())
+        original(records, lines)
+
+    sink.write_batch = spy  # type: ignore[method-assign]
+    results = asyncio.run(_await_all(w, [[r] for r in RECORDS[:10]]))
+    w.close()
+    assert results == [True] * 10
+    # Every write happened on the writer's own thread, never on the loop's.
+    assert writers and all(t is not main for t in writers)
+    # Calls queued during a write shared the next one: fewer writes than calls.
+    assert sink.batches < 10
+    assert [r.decision_id for r in sink.records] == [r.decision_id for r in RECORDS[:10]]
+    assert linked(sink.records)
+
+
+def test_a_failing_sink_fails_awaited_calls_and_they_learn_why() -> None:
+    sink = MemorySink()
+    w = writer(sink, retry_interval=0.3)
+    sink.fail_with = OSError("disk is gone")
+    first = asyncio.run(_await_all(w, [[RECORDS[0]]]))
+    assert first == [False]
+
+    # While failing, the refusal is at once and says so.
+    async def refused() -> tuple[bool, str, float]:
+        started = time.monotonic()
+        t = w.submit([RECORDS[1]], asyncio.get_running_loop())
+        ok = await t.wait_async(5)
+        return ok, t.error, time.monotonic() - started
+
+    ok, error, took = asyncio.run(refused())
+    assert not ok and "the audit log is failing" in error and took < 0.2
+    sink.fail_with = None
+    wait_for(lambda: w.healthy, what="the writer to probe the healed sink")
+    assert asyncio.run(_await_all(w, [[RECORDS[2]]])) == [True]
+    w.close()
+    assert [r.decision_id for r in sink.records] == [RECORDS[2].decision_id]
+    assert w.stats().rejected == 2
+
+
+def test_an_awaited_call_that_times_out_is_not_recorded() -> None:
+    sink = SlowSink()
+    sink.gate = threading.Event()
+    w = writer(sink)
+    # A thread leads a write that hangs; a loop call queues behind it and gives up.
+    leader = threading.Thread(target=lambda: w.submit([RECORDS[0]]).wait(10))
+    leader.start()
+    assert sink.writing.wait(5)
+
+    async def gives_up() -> tuple[bool, str]:
+        t = w.submit([RECORDS[1]], asyncio.get_running_loop())
+        return await t.wait_async(0.05), t.error
+
+    ok, error = asyncio.run(gives_up())
+    assert not ok and "did not confirm the write within 0.05 s" in error
+    sink.gate.set()
+    leader.join(5)
+    w.close()
+    assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id]
+    assert w.stats().rejected == 1
+
+
+def test_threads_and_loop_calls_share_one_chain() -> None:
+    sink = SlowSink(delay=0.01)
+    w = writer(sink)
+    done: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda i=i: done.append(w.submit([RECORDS[i]]).wait(10)))
+        for i in range(20, 30)
+    ]
+    for t in threads:
+        t.start()
+    awaited = asyncio.run(_await_all(w, [[r] for r in RECORDS[:10]]))
+    for t in threads:
+        t.join(10)
+    w.close()
+    assert awaited == [True] * 10 and done == [True] * 10
+    assert sorted(r.decision_id for r in sink.records) == sorted(
+        r.decision_id for r in RECORDS[:10] + RECORDS[20:30]
+    )
     assert linked(sink.records)
