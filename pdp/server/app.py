@@ -109,12 +109,26 @@ def build_grpc_server(
     )
 
 
+def build_threaded_server(
+    cfg: ServerConfig, *, reuse_port: bool = False, executor: ThreadPoolExecutor
+) -> grpc.Server:
+    """A thread-pool grpc.Server with the configured limits: for when any call may wait
+    on I/O (credentials to look up), where a coroutine would only hand it to a thread."""
+    return grpc.server(
+        executor,
+        options=grpc_options(cfg, reuse_port=reuse_port),
+        maximum_concurrent_rpcs=cfg.limits.max_concurrent_rpcs,
+    )
+
+
 def thread_pool(cfg: ServerConfig) -> ThreadPoolExecutor:
     """The `threads` that answer calls which may block (store and identity lookups)."""
     return ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="pdp-rpc")
 
 
-def bind(server: grpc.aio.Server, cfg: ServerConfig, *, reuse_port: bool = False) -> int:
+def bind(
+    server: grpc.Server | grpc.aio.Server, cfg: ServerConfig, *, reuse_port: bool = False
+) -> int:
     """Listen on `cfg.listen` (TLS when configured); the port actually bound."""
     _check_address(cfg.listen, reuse_port)
     tls = cfg.tls
@@ -200,6 +214,12 @@ class PdpServer:
         )
         self.started_at = datetime.now(UTC)
         self._pool = thread_pool(self.cfg)
+        # Decision calls on an event loop (grpc.aio) unless any call may have to wait for a
+        # credential lookup (keys, sessions, JWKS): then a thread-pool server, which hands
+        # a call to a thread more cheaply than a loop does (measured: docs/server.md). A
+        # role lookup that needs the database moves its call to the pool by itself
+        # (pdp.store.blocking).
+        self.on_loop = not self.cfg.identity.enabled
         self.service = DecisionService(
             self.state,
             self.cfg.limits,
@@ -208,10 +228,7 @@ class PdpServer:
             tls=self.cfg.tls.enabled,
             started_at=self.started_at,
             authenticator=self.identity.authenticator if self.cfg.identity.enabled else None,
-            # Calls are answered on the event loop unless a credential may have to be
-            # looked up (keys, sessions, JWKS); a role lookup that needs the database
-            # moves its call to the pool by itself (pdp.store.blocking).
-            inline=not self.cfg.identity.enabled,
+            inline=self.on_loop,
             executor=self._pool,
         )
         if self.cfg.envoy.enabled:
@@ -234,8 +251,8 @@ class PdpServer:
             watch=self.cfg.reload_enabled,
             ignore=[self._audit_dir()] if self.cfg.audit.sink == "jsonl" else [],
         )
-        # gRPC runs on an event loop of its own thread; start() and stop() stay plain calls.
-        self.server: grpc.aio.Server | None = None
+        # grpc.aio runs on an event loop of its own thread; start() and stop() stay plain.
+        self.server: grpc.Server | grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self.port = 0
@@ -260,14 +277,15 @@ class PdpServer:
             raise StartupError(f"audit log: {error}")
         self._started = True
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        loop = self._loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(target=loop.run_forever, name="pdp-grpc", daemon=True)
-        self._loop_thread.start()
-        try:
-            self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(), loop).result()
-        except BaseException:
-            self._stop_loop()
-            raise
+        if self.on_loop:
+            self.port = self._start_on_loop()
+        else:
+            server = build_threaded_server(
+                self.cfg, reuse_port=self.reuse_port, executor=self._pool
+            )
+            self.port = self._add_services(server)
+            server.start()
+            self.server = server
         if wait_ready:
             self.state.load_all()
         else:
@@ -275,9 +293,8 @@ class PdpServer:
         self.reloader.start()
         return self.port
 
-    async def _start_grpc(self) -> int:
-        forbid_blocking()  # this is the loop's thread: lookups here never wait on I/O
-        server = build_grpc_server(self.cfg, reuse_port=self.reuse_port, executor=self._pool)
+    def _add_services(self, server: grpc.Server | grpc.aio.Server) -> int:
+        """Every service on `server`, then bind it; the port."""
         server.add_generic_rpc_handlers((self.service.handler(),))
         services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.envoy is not None:
@@ -285,7 +302,22 @@ class PdpServer:
             services.append(ENVOY_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(services, server)
-        port = bind(server, self.cfg, reuse_port=self.reuse_port)
+        return bind(server, self.cfg, reuse_port=self.reuse_port)
+
+    def _start_on_loop(self) -> int:
+        loop = self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=loop.run_forever, name="pdp-grpc", daemon=True)
+        self._loop_thread.start()
+        try:
+            return asyncio.run_coroutine_threadsafe(self._start_aio(), loop).result()
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _start_aio(self) -> int:
+        forbid_blocking()  # this is the loop's thread: lookups here never wait on I/O
+        server = build_grpc_server(self.cfg, reuse_port=self.reuse_port, executor=self._pool)
+        port = self._add_services(server)
         await server.start()
         self.server = server
         return port
@@ -360,9 +392,11 @@ class PdpServer:
         # Health first, so that load balancers stop sending before the port closes.
         self.health.enter_graceful_shutdown()
         self.reloader.stop()
-        if self.server is not None and self._loop is not None:
-            grace = self.cfg.grace_seconds if grace is None else grace
+        grace = self.cfg.grace_seconds if grace is None else grace
+        if isinstance(self.server, grpc.aio.Server) and self._loop is not None:
             asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result()
+        elif isinstance(self.server, grpc.Server):
+            self.server.stop(grace).wait()
         if self.recorder is not None:
             # After the last call: what is buffered is written before the process ends
             # (with the loop still running, for durable calls awaiting their records).

@@ -16,12 +16,13 @@ Audit: every decision's record is built after the engine decided and handed to t
 `Recorder` before the answer goes out. In `durable` mode a call whose records could
 not be stored is answered with denies carrying an `audit_unavailable` diagnostic.
 
-Where a call runs: the server is `grpc.aio`. A call is answered on the event loop
-itself, and a durable call awaits its record there without holding a thread: no
+Where a call runs (`inline`): on a `grpc.aio` server a call is answered on the event
+loop itself, and a durable call awaits its record there without holding a thread: no
 hand-off between threads on the hot path. A call that needs the database (a role
 cache miss: `WouldBlock`) is answered again from the start on the thread pool, so a
-slow query or an outage holds one thread, never the loop; with credentials to look
-up (keys, sessions, JWKS) every call runs on the pool.
+slow query or an outage holds one thread, never the loop. With credentials to look up
+(keys, sessions, JWKS) any call may wait, and the handlers are plain functions for a
+thread-pool `grpc.Server` instead (see `pdp.server.app`).
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ class DecisionService:
         executor: Executor | None = None,
     ) -> None:
         self._state = state
-        # On the event loop when nothing a call uses can block; else on `executor`.
-        self._inline = inline or executor is None
+        # Coroutines answered on the event loop (calls that must wait go to `executor`),
+        # or plain functions for a thread-pool server.
+        self._inline = inline
         self._executor = executor
         self._limits = limits
         # For calls that pass a raw `credential` instead of a subject; None: refused.
@@ -123,7 +125,8 @@ class DecisionService:
         self._started_at = started_at or datetime.now(UTC)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler to add to a grpc.aio.Server."""
+        """The generic handler: coroutines for a grpc.aio.Server when calls are answered
+        on the event loop (`inline`), else plain functions for a thread-pool grpc.Server."""
 
         def method(
             fn: Callable[[bytes, grpc.ServicerContext], Answer[M]],
@@ -131,7 +134,7 @@ class DecisionService:
             fallback: Callable[[bytes], M] | None,
         ) -> grpc.RpcMethodHandler[bytes, M]:
             guarded = self._guarded(fn, out, fallback)
-            call = self._on_loop(guarded) if self._inline else self._on_pool(guarded)
+            call = self._on_loop(guarded) if self._inline else self._blocking(guarded)
             return grpc.unary_unary_rpc_method_handler(
                 call,
                 request_deserializer=None,  # raw bytes: we parse, so we can say what is wrong
@@ -157,15 +160,15 @@ class DecisionService:
     ) -> Callable[[bytes, grpc.ServicerContext], Awaitable[M]]:
         """The call answered on the event loop; a durable record is awaited, not waited."""
         recorder = self._recorder
-
-        pooled = self._on_pool(answer)
+        blocking = self._blocking(answer)
 
         async def call(raw: bytes, context: grpc.ServicerContext) -> M:
             try:
                 response, drafts = answer(raw, context)
             except WouldBlock:
                 # Nothing was recorded or answered yet: start again where waiting is fine.
-                return await pooled(raw, context)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, blocking, raw, context)
             if drafts and recorder is not None:
                 try:
                     failure = await recorder.record_async(drafts)
@@ -177,10 +180,11 @@ class DecisionService:
 
         return call
 
-    def _on_pool(
+    def _blocking(
         self, answer: Callable[[bytes, grpc.ServicerContext], Answer[M]]
-    ) -> Callable[[bytes, grpc.ServicerContext], Awaitable[M]]:
-        """The call answered on the thread pool: a lookup that blocks holds one thread."""
+    ) -> Callable[[bytes, grpc.ServicerContext], M]:
+        """The call answered on a pool thread, to the end: a lookup that waits holds one
+        thread, and a durable call waits there for its record."""
         recorder = self._recorder
 
         def blocking(raw: bytes, context: grpc.ServicerContext) -> M:
@@ -194,11 +198,7 @@ class DecisionService:
                     self._unrecorded(response, failure)
             return response
 
-        async def call(raw: bytes, context: grpc.ServicerContext) -> M:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, blocking, raw, context)
-
-        return call
+        return blocking
 
     def _guarded(
         self,

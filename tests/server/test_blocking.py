@@ -23,6 +23,7 @@ from pdp.server.app import PdpServer
 from pdp.server.config import load_config
 from pdp.server.state import RoleBackend, Roles
 from pdp.store.blocking import WouldBlock, check_may_block, forbid_blocking
+from tests.identity.keys import jwks, public_jwk, rsa_key
 from tests.server.support import ALICE, DOC
 
 
@@ -124,3 +125,30 @@ def test_check_may_block_raises_only_on_a_marked_thread() -> None:
     t.join()
     assert len(raised) == 1 and isinstance(raised[0], WouldBlock)
     check_may_block()  # still fine here: the mark belongs to that thread alone
+
+
+def test_with_credentials_to_look_up_every_call_runs_on_the_pool(
+    policy_dir: Path, tmp_path: Path
+) -> None:
+    # Any call may wait on a key, session or JWKS lookup: the server is then the
+    # thread-pool one, and even a cached role lookup happens on a pool thread.
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_bytes(jwks(public_jwk(rsa_key(), "rsa-1")))
+    source = CachingSource()
+    flags = {
+        "listen": "127.0.0.1:0",
+        "policies": str(policy_dir),
+        "audit.sink": "none",
+        "identity.jwt.issuer": "https://issuer.test",
+        "identity.jwt.audiences": ["pdp"],
+        "identity.jwt.jwks_file": str(jwks_file),
+    }
+    server = PdpServer(load_config(None, environ={}, flags=flags), backend=Backend(source))
+    port = server.start()
+    try:
+        with PdpClient(f"127.0.0.1:{port}", timeout=5) as client:
+            assert client.check(ALICE, "read", DOC).allowed
+            assert client.check(ALICE, "read", DOC).allowed
+    finally:
+        server.stop(1)
+    assert [name.split("_")[0] for _, name in source.threads] == ["pdp-rpc", "pdp-rpc"]
