@@ -98,25 +98,28 @@ class Recorder:
         `durable`: waits until they are stored, and returns why not when they are not
         (the caller then denies). `buffered`: returns None at once. A `RecordDraft` is
         built into its record by the writer (cheaper, and off this thread when buffered).
+        Never raises: a bug in the audit path is a reason, so nothing is answered unrecorded.
         """
-        ticket = self.writer.submit(records)
-        if not self.durable:
-            return None
-        if ticket.wait(self.durable_timeout):
-            return None
-        return ticket.error or "the audit log did not store the record"
+        try:
+            ticket = self.writer.submit(records)
+            if not self.durable or ticket.wait(self.durable_timeout):
+                return None
+            return ticket.error or UNSTORED
+        except Exception as exc:
+            return _failed(exc)
 
     async def record_async(self, records: Sequence[DecisionRecord | RecordDraft]) -> str | None:
         """As `record`, for a call answered on the running event loop: never blocks it.
 
         The records are written by the writer's thread; a durable call awaits them.
         """
-        ticket = self.writer.submit(records, asyncio.get_running_loop())
-        if not self.durable:
-            return None
-        if await ticket.wait_async(self.durable_timeout):
-            return None
-        return ticket.error or "the audit log did not store the record"
+        try:
+            ticket = self.writer.submit(records, asyncio.get_running_loop())
+            if not self.durable or await ticket.wait_async(self.durable_timeout):
+                return None
+            return ticket.error or UNSTORED
+        except Exception as exc:
+            return _failed(exc)
 
     @property
     def healthy(self) -> bool:
@@ -127,6 +130,14 @@ class Recorder:
 
     def close(self, timeout: float = 10.0) -> None:
         self.writer.close(timeout)
+
+
+UNSTORED = "the audit log did not store the record"
+
+
+def _failed(exc: Exception) -> str:
+    log.exception("audit recorder failed")
+    return f"internal error in the audit log ({type(exc).__name__})"
 
 
 def open_recorder(

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from pdp.audit.record import GENESIS, DecisionRecord
+from pdp.audit.record import GENESIS, AuditConfig, DecisionRecord
+from pdp.audit.recorder import Recorder
 from pdp.audit.sink import MemorySink
-from pdp.audit.writer import AuditWriter
+from pdp.audit.writer import AuditWriter, Ticket
 from tests.audit.support import record, wait_for
 
 RECORDS = [record(i) for i in range(40)]
@@ -413,3 +414,21 @@ def test_threads_and_loop_calls_share_one_chain() -> None:
         r.decision_id for r in RECORDS[:10] + RECORDS[20:30]
     )
     assert linked(sink.records)
+
+
+def test_a_bug_in_the_recorder_is_a_reason_to_deny_never_an_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = writer(MemorySink())
+
+    def broken(*args: object) -> Ticket:
+        raise KeyError("a bug")
+
+    w.submit = broken  # type: ignore[method-assign]
+    recorder = Recorder(w, AuditConfig())
+    with caplog.at_level(logging.ERROR, logger="pdp.audit"):
+        assert recorder.record([RECORDS[0]]) == "internal error in the audit log (KeyError)"
+        awaited = asyncio.run(recorder.record_async([RECORDS[1]]))
+    assert awaited == "internal error in the audit log (KeyError)"
+    assert caplog.text.count("audit recorder failed") == 2
+    w.close()
