@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import DecodeError, Message
 
 from pdp import __version__
@@ -285,8 +286,11 @@ class DecisionService:
             raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if authn is not None:
             items = _with_authn(items, authn)
-        decisions, drafts = self._decide(snap, items, None, context, started, _audit_of(authn))
-        return pb.CheckResponse(decisions=decisions), drafts
+        response = pb.CheckResponse()
+        drafts = self._decide(
+            snap, items, None, context, started, response.decisions, _audit_of(authn)
+        )
+        return response, drafts
 
     def _evaluations(
         self, raw: bytes, context: grpc.ServicerContext
@@ -312,10 +316,11 @@ class DecisionService:
         if authn is not None:
             items = _with_authn(items, authn)
         stop_after = _STOP_AFTER[msg.semantic]
-        decisions, drafts = self._decide(
-            snap, items, stop_after, context, started, _audit_of(authn)
+        response = pb.EvaluationsResponse()
+        drafts = self._decide(
+            snap, items, stop_after, context, started, response.decisions, _audit_of(authn)
         )
-        return pb.EvaluationsResponse(decisions=decisions), drafts
+        return response, drafts
 
     def _list_actions(
         self, raw: bytes, context: grpc.ServicerContext
@@ -343,10 +348,9 @@ class DecisionService:
             refused: list[Request | _Invalid] = [
                 _Invalid(PUBLIC_MESSAGE, "", "unauthenticated", asked)
             ]
-            decisions, drafts = self._decide(
-                snap, refused, None, context, started, _audit_of(authn)
+            drafts = self._decide(
+                snap, refused, None, context, started, response.decisions, _audit_of(authn)
             )
-            response.decisions.extend(decisions)
             return response, drafts
         for part in (subject, resource):
             if isinstance(part, InputError):
@@ -362,8 +366,10 @@ class DecisionService:
         items: list[Request | _Invalid] = [
             Request(subject, Action(a), resource, attrs, now) for a in declared
         ]
-        decisions, drafts = self._decide(snap, items, None, context, started, _audit_of(authn))
-        response.decisions.extend(decisions)
+        drafts = self._decide(
+            snap, items, None, context, started, response.decisions, _audit_of(authn)
+        )
+        decisions = response.decisions
         response.allowed.extend(d.action for d in decisions if d.decision)
         if decisions:
             response.bindings_version = decisions[0].bindings_version
@@ -519,11 +525,14 @@ class DecisionService:
         stop_after: bool | None,
         context: grpc.ServicerContext,
         started: int,
+        into: RepeatedCompositeFieldContainer[pb.Decision],
         authn: Mapping[str, Any] | None = None,
-    ) -> tuple[list[pb.Decision], Sequence[RecordDraft]]:
-        """Decide `items` in order; `_Invalid` ones are denies; stop after `stop_after`.
+    ) -> Sequence[RecordDraft]:
+        """Decide `items` in order into the response's `decisions` (`into`); `_Invalid`
+        ones are denies; stop after `stop_after`. Returns the drafts of their records.
 
-        With the decisions, the drafts of their records (to be stored before answering).
+        Each decision is added in place (`into.add`): building a `pb.Decision` and then
+        copying it into the response cost about twice as much per decision (measured).
         `authn` is the audit log's authentication section, for calls with a credential.
         """
         policy, roles = snap.policy, snap.roles
@@ -577,30 +586,31 @@ class DecisionService:
                 snap, items, decisions, ids, bindings_version, context, started, authn, seen
             )
         )
-        return [
-            pb.Decision(
-                decision=d.allowed,
-                action=d.action,
-                reasons=d.reasons,
-                decision_id=i,
-                policy_version=d.policy_version,
-                # The store's revision the roles were read at, when the source knows it.
-                bindings_version=d.bindings_version or bindings_version,
-            )
-            if not d.diagnostics
-            # Only when there are some: even an empty `diagnostics=[]` argument costs
-            # more than the rest of the message (measured: 1.4 µs of 2.5 per decision).
-            else pb.Decision(
-                decision=d.allowed,
-                action=d.action,
-                reasons=d.reasons,
-                diagnostics=[_diag(x.code, x.message, x.rule_id) for x in d.diagnostics],
-                decision_id=i,
-                policy_version=d.policy_version,
-                bindings_version=d.bindings_version or bindings_version,
-            )
-            for d, i in zip(decisions, ids, strict=True)
-        ], drafts
+        add = into.add
+        for d, i in zip(decisions, ids, strict=True):
+            if not d.diagnostics:
+                add(
+                    decision=d.allowed,
+                    action=d.action,
+                    reasons=d.reasons,
+                    decision_id=i,
+                    policy_version=d.policy_version,
+                    # The store's revision the roles were read at, when the source knows it.
+                    bindings_version=d.bindings_version or bindings_version,
+                )
+            else:
+                # Only when there are some: even an empty `diagnostics=[]` argument costs
+                # more than the rest of the message (measured: 1.4 µs of 2.5 per decision).
+                add(
+                    decision=d.allowed,
+                    action=d.action,
+                    reasons=d.reasons,
+                    diagnostics=[_diag(x.code, x.message, x.rule_id) for x in d.diagnostics],
+                    decision_id=i,
+                    policy_version=d.policy_version,
+                    bindings_version=d.bindings_version or bindings_version,
+                )
+        return drafts
 
     def _drafts(
         self,
