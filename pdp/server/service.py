@@ -117,6 +117,9 @@ class DecisionService:
         # For calls that pass a raw `credential` instead of a subject; None: refused.
         self._authn = authenticator
         self._conv = Converter(limits)
+        # For requests within max_attributes_bytes in all (nearly every one): no
+        # attribute can be over it, so its encoded size is not computed.
+        self._conv_small = Converter(limits, small=True)
         # None when the audit log is off: then no records are built at all.
         self._recorder = recorder
         self._audit_denied_logged = 0.0
@@ -264,7 +267,7 @@ class DecisionService:
         started = time.perf_counter_ns()
         snap = self._snapshot()
         msg = self._parse(raw, pb.CheckRequest)
-        conv = self._conv
+        conv = self._converter(raw)
         n = len(msg.actions)
         try:
             if n == 0:
@@ -310,7 +313,9 @@ class DecisionService:
             # credential is who asks, for the whole batch.
             own = msg.HasField("subject") or any(ev.HasField("subject") for ev in msg.evaluations)
             authn = self._authenticate(msg, own, datetime.now(UTC))
-            items = self._batch_items(msg, None if authn is None else _subject_of(authn))
+            items = self._batch_items(
+                msg, self._converter(raw), None if authn is None else _subject_of(authn)
+            )
         except LimitError as exc:
             raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if authn is not None:
@@ -328,7 +333,7 @@ class DecisionService:
         started = time.perf_counter_ns()
         snap = self._snapshot()
         msg = self._parse(raw, pb.ListActionsRequest)
-        conv = self._conv
+        conv = self._converter(raw)
         try:
             authn = self._authenticate(msg, msg.HasField("subject"), datetime.now(UTC))
             subject = (
@@ -452,6 +457,10 @@ class DecisionService:
             )
         return snap
 
+    def _converter(self, raw: bytes) -> Converter:
+        """The converter for a request of `len(raw)` bytes (see Converter's `small`)."""
+        return self._conv_small if len(raw) <= self._limits.max_attributes_bytes else self._conv
+
     def _parse(self, raw: bytes, cls: type[M]) -> M:
         if len(raw) > self._limits.max_message_bytes:
             raise _Rejected(
@@ -468,13 +477,12 @@ class DecisionService:
             ) from None
 
     def _batch_items(
-        self, msg: pb.EvaluationsRequest, authenticated: Subject | None = None
+        self, msg: pb.EvaluationsRequest, conv: Converter, authenticated: Subject | None = None
     ) -> list[Request | _Invalid]:
         """Evaluations with defaults applied; limits raise, bad input becomes `_Invalid`.
 
         `authenticated`: the subject a raw credential established, for every evaluation.
         """
-        conv = self._conv
         # Defaults are converted once; their errors matter only to evaluations using them.
         d_subject = _try(conv.subject, msg.subject, "subject") if msg.HasField("subject") else None
         if authenticated is not None:
