@@ -6,12 +6,20 @@ import os
 import random
 import time
 
-_RAND_B = (1 << 62) - 1
-
 # Ids must be unique, not secret: a PRNG seeded from the OS is enough and avoids a
 # system call per decision. Each forked worker reseeds, so workers never share a stream.
 _random = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
+
+
+_bits = _random.getrandbits
+# Ids are formatted from their parts rather than as one 128-bit number then sliced:
+# fewer instructions (callgrind: 11,800 against 13,500 for one id; 7,100 against
+# 10,300 per id of a batch, whose first groups are made once). printf-style is the
+# cheapest way to format them here.
+_ONE = "%08x-%04x-7%03x-%04x-%012x"
+_HEAD = "%08x-%04x-7"  # 48 bits of milliseconds, then the version digit 7
+_TAIL = "%03x-%04x-%012x"  # 12 random bits; the variant 0b10 and 62 random bits
 
 
 def new_decision_id() -> str:
@@ -21,27 +29,22 @@ def new_decision_id() -> str:
     enough that ids from several processes or replicas never collide.
     """
     ms = time.time_ns() // 1_000_000
-    r = _random.getrandbits(74)
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76  # version 7
-        | ((r >> 62) & 0xFFF) << 64
-        | 0b10 << 62  # RFC 9562 variant
-        | (r & _RAND_B)
+    b = _bits(62)
+    return _ONE % (
+        ms >> 16 & 0xFFFF_FFFF,
+        ms & 0xFFFF,
+        _bits(12),
+        0x8000 | b >> 48,
+        b & 0xFFFF_FFFF_FFFF,
     )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_decision_ids(n: int) -> list[str]:
-    """`n` ids for one call's decisions: as `new_decision_id`, made in one go."""
-    if n == 1:
-        return [new_decision_id()]
-    head = ((time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0b10 << 62
-    bits = _random.getrandbits
+    """`n` ids for one call's decisions: as `new_decision_id`, with one clock reading."""
+    ms = time.time_ns() // 1_000_000
+    head = _HEAD % (ms >> 16 & 0xFFFF_FFFF, ms & 0xFFFF)
     out = []
     for _ in range(n):
-        r = bits(74)
-        h = f"{head | ((r >> 62) & 0xFFF) << 64 | (r & _RAND_B):032x}"
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+        b = _bits(62)
+        out.append(head + _TAIL % (_bits(12), 0x8000 | b >> 48, b & 0xFFFF_FFFF_FFFF))
     return out
