@@ -272,10 +272,10 @@ def run(calls: int, concurrency: int, rounds: int, threads: int) -> dict[str, li
 
 NOTES = """\
 Runs on this box differ more than the code does: compare ratios within one run. With
-the server on `grpc.aio` (this code) check/echo measured 1.23× (twice), 1.31×, 1.32×
-(twice), 1.47× and 1.52× in seven runs on 2026-11-27; the thread-pool server it
+the server on `grpc.aio` check/echo measured 1.23× (twice), 1.26×, 1.31× (twice),
+1.32× (twice), 1.47× and 1.52× in nine runs on 2026-11-27; the thread-pool server it
 replaced measured 1.68×–2.11× on the same day. The batch on one document gave
-21.9×–29.0× (17.8×–25.7× with the thread pool).
+21.9×–30.1× (17.8×–25.7× with the thread pool).
 
 ### Why the server answers on the event loop (measured 2026-11-27)
 
@@ -303,10 +303,13 @@ The handler is 45–60 µs of Python in a loop (the box's speed moved during the
 parsing and converting the request about 13, the engine with the role lookup 10–17
 (fresh request objects cost more than repeated ones: string hashes), the answer with
 its decision id about 9, the rest spread over some 40 functions. Counted with
-`valgrind --tool=callgrind`: about 247,000 instructions per check, a fifth of them in
-the interpreter loop itself; no single function stands out. Inside the loaded server it
-costs two to three times the loop figure, like gRPC's own Python. For a robust 1.25× the
-handler would need about a quarter less.
+`valgrind --tool=callgrind`: about 233,000 instructions per check, a fifth of them in
+the interpreter loop itself, and no single function stands out. (It was 246,000 before
+the decisions were added to the response in place instead of copied in, attribute
+sizes were skipped for requests too small to exceed the limit, and decision ids were
+formatted from their parts: 5.6% less, within this box's run-to-run noise here.)
+Inside the loaded server it costs two to three times the loop figure, like gRPC's
+own Python. For a robust 1.25× the handler would need about a quarter less.
 
 Tried and not adopted: **mypyc** on the engine, the converter and `pdp.evaluation`
 (in-process check 46–49 → 35–43 µs, 10–20%; a C build step in every set-up for less
