@@ -361,7 +361,13 @@ KEYS: tuple[Key, ...] = (
     Key("policies", _string, "policies", "directory of policy files (*.pdp), watched", "str"),
     Key("schema", _string, "schema", "attribute schema file to validate policies with", "str"),
     Key("workers", _positive_int, "workers", "processes sharing the port (SO_REUSEPORT)", "int"),
-    Key("threads", _positive_int, "threads", "threads per process answering calls", "int"),
+    Key(
+        "threads",
+        _positive_int,
+        "threads",
+        "threads per process for calls that may wait on I/O (store misses, credentials)",
+        "int",
+    ),
     Key("grace_seconds", _positive_number, "grace_seconds", "SIGTERM: time to finish", "float"),
     Key(
         "log_level",
