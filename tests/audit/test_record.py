@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, fields, replace
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from pdp.audit.record import (
     format_time,
     from_json,
     from_us,
+    new_record,
     parse_iso,
     parse_line,
     record_hash,
@@ -321,3 +322,20 @@ def test_time_text_is_exact_and_fixed_width() -> None:
     for t in (0, 1, 999_999, 1_000_000, us(T0) + 123_456, 253_402_300_799_999_999):
         text = format_time(t)
         assert len(text) == 27 and parse_iso(text[:-1] + "+00:00") == from_us(t)
+
+
+def test_the_fast_constructor_makes_the_same_frozen_records() -> None:
+    built = record(3)
+    values = {f.name: getattr(built, f.name) for f in fields(DecisionRecord)}
+    # Keywords, positions and defaults, as DecisionRecord(...) takes them.
+    assert new_record(**values) == DecisionRecord(**values) == built
+    assert new_record(*values.values()) == built
+    minimal = {k: values[k] for k in list(values)[:15]}  # the fields without defaults
+    assert new_record(**minimal) == DecisionRecord(**minimal)
+    assert repr(new_record(**minimal)) == repr(DecisionRecord(**minimal))
+    made = new_record(**values)
+    assert type(made) is DecisionRecord
+    with pytest.raises(FrozenInstanceError):
+        made.seq = 9  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        new_record(**values, surplus=1)
