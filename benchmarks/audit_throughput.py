@@ -147,8 +147,8 @@ event loop's thread, so its CPU is what limits throughput:
   9 voluntary context switches per call in the whole process.
 - **buffered**: the loop thread 550–570 µs (it builds each call's `RecordDraft` and
   queues it), the writer thread 38–45 µs (sealing: the record, its canonical JSON line
-  and hash, about 14 µs per record in a loop, written every 0.2 s in batches of
-  hundreds). The writer's stretches of sealing hold the GIL while the loop waits, which
+  and hash, about 106,000 instructions or 14–30 µs per record in a loop, written every
+  0.2 s in batches of hundreds). The writer's stretches of sealing hold the GIL while the loop waits, which
   is the buffered p99.
 - **durable**: the loop thread 670–760 µs, the writer thread about 210 µs; 13.5
   switches per call. Calls await their record on the loop without a thread, and the
