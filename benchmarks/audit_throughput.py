@@ -148,8 +148,8 @@ event loop's thread, so its CPU is what limits throughput:
 - **buffered**: the loop thread 550–570 µs (it builds each call's `RecordDraft` and
   queues it), the writer thread 38–45 µs (sealing: the record, its canonical JSON line
   and hash, about 106,000 instructions or 14–30 µs per record in a loop, written every
-  0.2 s in batches of hundreds). The writer's stretches of sealing hold the GIL while the loop waits, which
-  is the buffered p99.
+  0.2 s in batches of hundreds). The writer's stretches of sealing hold the GIL while
+  the loop waits, which is the buffered p99.
 - **durable**: the loop thread 670–760 µs, the writer thread about 210 µs; 13.5
   switches per call. Calls await their record on the loop without a thread, and the
   writer wakes the loop once per batch, but at 8 in flight a batch holds only 1.7
