@@ -224,6 +224,24 @@ def test_durable_denies_when_the_sink_fails_and_says_so(serve: Any) -> None:
     assert [r.allowed for r in sink.records] == [True, True]
 
 
+def test_durable_denies_every_decision_of_a_batch_and_of_list_actions_unrecorded(
+    serve: Any,
+) -> None:
+    sink = MemorySink()
+    s = serve(sink=sink, **{"audit.durable_timeout": 2.0})
+    assert s.client.list_actions(ALICE, DOC).allowed  # something is allowed while it works
+    sink.fail_with = OSError("disk gone")
+    batch = s.client.evaluations(
+        [{"action": "read"}, {"action": "write"}], subject=ALICE, resource=DOC
+    )
+    listed = s.client.list_actions(ALICE, DOC)
+    for d in [*batch, *listed.decisions]:
+        assert not d.allowed and d.reasons == () and d.decision_id == ""
+        assert [x.code for x in d.diagnostics] == ["audit_unavailable"]
+    assert len(batch) == 2 and listed.decisions
+    assert listed.allowed == ()  # nothing is allowed that the log does not hold
+
+
 def test_buffered_keeps_answering_when_the_sink_fails_and_counts_losses(serve: Any) -> None:
     sink = MemorySink()
     sink.fail_with = OSError("read-only")
