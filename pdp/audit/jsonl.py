@@ -63,6 +63,11 @@ def read_head(directory: Path, chain: str) -> ChainHead | None:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise SinkError(f"cannot read the head of chain `{chain}`: {exc}") from None
+    if not text.strip(" \n\0"):
+        # Created, then a crash before its first write reached the disk (older versions
+        # did not sync it): nothing was recorded, which is not a broken head.
+        log.warning("the head file of chain `%s` is empty: ignored", chain)
+        return None
     seq, _, digest = text.strip().partition(" ")
     if not seq.isdigit() or len(digest) != 64:
         raise SinkError(f"the head file of chain `{chain}` is not `seq hash`: {text[:100]!r}")
@@ -254,12 +259,17 @@ class JsonlSink:
         # the log, so it only ever lags (after a crash), never gets ahead.
         text = f"{head.seq} {head.hash}".ljust(_HEAD_WIDTH) + "\n"
         try:
+            created = False
             if self._head_fd is None:
                 assert self.chain is not None
-                self._head_fd = os.open(
-                    head_path(self.directory, self.chain), os.O_RDWR | os.O_CREAT, 0o640
-                )
+                path = head_path(self.directory, self.chain)
+                created = not path.exists()
+                self._head_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
             os.pwrite(self._head_fd, text.encode("ascii"), 0)
+            if created:
+                # Once per chain: a crash must not leave an empty head file behind.
+                os.fsync(self._head_fd)
+                _fsync_dir(self.directory)
         except OSError as exc:  # the records are stored; only the truncation check weakens
             log.warning("cannot update the head of chain %s: %s", self.chain, _reason(exc))
 
@@ -284,12 +294,11 @@ class JsonlSink:
                 ) from None
             self._lock_fd = fd
         self.chain = chain
-        created = not self.active_path.exists()
         self._fd = _open_segment(self.active_path)
-        if created:
-            # The new file's directory entry must be on disk too, or a power loss could
-            # take the file, with records already acknowledged, away with it.
-            _fsync_dir(self.directory)
+        # The file's directory entry must be on disk too, or a power loss could take the
+        # file, with records already acknowledged, away with it. Always, not only when
+        # created here: opening again after a failed rotation must make it durable too.
+        _fsync_dir(self.directory)
         self._size = os.fstat(self._fd).st_size
         self._repair()
 
@@ -360,14 +369,19 @@ class JsonlSink:
         if closed.exists():
             raise SinkError(f"cannot rotate the audit log: {closed} exists already")
         os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
+        fd, self._fd = self._fd, None
+        os.close(fd)
         os.rename(self.active_path, closed)
-        _fsync_dir(self.directory)
-        self._fd = _open_segment(self.active_path)
-        _fsync_dir(self.directory)
+        # From here the open segment is a new, empty one, whatever fails next: state
+        # left from the closed one would make every later write rotate onto it again.
         self._size = 0
         self._first_seq = self._period = None
+        try:
+            self._fd = _open_segment(self.active_path)
+            _fsync_dir(self.directory)  # the rename and the new file's entry
+        except OSError:
+            self._fd_broken()  # the next head() opens it again, and syncs the directory
+            raise
         log.info("audit log rotated: %s", closed.name)
 
     def _fd_broken(self) -> None:

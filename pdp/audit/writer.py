@@ -71,7 +71,17 @@ class WriterStats:
 class Ticket:
     """The outcome of one `submit`: wait for it in `durable` mode."""
 
-    __slots__ = ("_lock", "_writer", "_future", "ok", "error", "cancelled", "lead", "finished")
+    __slots__ = (
+        "_lock",
+        "_writer",
+        "_future",
+        "ok",
+        "error",
+        "cancelled",
+        "lead",
+        "finished",
+        "taken",
+    )
 
     def __init__(
         self,
@@ -89,6 +99,8 @@ class Ticket:
         self.cancelled = False  # the caller gave up waiting (and denied)
         self.lead = False  # the lock was released to make the caller write, not because done
         self.finished = done
+        # In a batch being written: its outcome is the ticket's, a time-out cannot undo it.
+        self.taken = False
         # Awaited on `loop` (see wait_async): such a caller is never asked to lead.
         self._future: asyncio.Future[None] | None = (
             loop.create_future() if loop is not None and not done else None
@@ -99,8 +111,10 @@ class Ticket:
     def wait(self, timeout: float | None = None) -> bool:
         """True when the records are stored; False when they failed or time ran out.
 
-        After a timeout the ticket is cancelled: its records, if not yet taken for a
-        batch, are never written (taken already, they may still be).
+        After a timeout the ticket is cancelled and its records are never written. Once
+        they are taken into a batch being written, the time-out no longer applies: the
+        call waits for that write, so the log never holds a record of a decision that
+        was answered as a deny for want of one.
         """
         writer = self._writer
         if writer is None:
@@ -120,6 +134,9 @@ class Ticket:
             with writer._cond:
                 if not got:
                     if not (self.lead or self.finished):
+                        if self.taken:
+                            deadline = None  # being written: wait for the outcome
+                            continue
                         self.cancelled = True
                         if not self.error:
                             self.error = (
@@ -149,10 +166,16 @@ class Ticket:
             writer = self._writer
             assert writer is not None
             with writer._cond:
-                if not self.finished:
+                if self.finished:
+                    return self.ok
+                if not self.taken:
                     self.cancelled = True
                     self.error = f"the audit log did not confirm the write within {timeout} s"
                     return False
+                # Being written (see `wait`): the time-out cancelled the future, so the
+                # writer resolves a new one; set under the lock, before it can finish us.
+                future = self._future = future.get_loop().create_future()
+            await future
         return self.ok
 
     def _finish(self, ok: bool, error: str = "", woken: list[Ticket] | None = None) -> None:
@@ -258,6 +281,7 @@ class AuditWriter:
         # Counters (changed under _cond; read without it for stats).
         self._written = self._lost = self._rejected = self._sampled_out = self._batches = 0
         self._healthy = True
+        self._losing = False  # buffered: the buffer is full and records are being dropped
         self._last_error = ""
         self._retry_at = 0.0  # monotonic time of the next attempt while failing
         self._flush_at = 0.0  # buffered: monotonic time the queue is written at the latest
@@ -330,7 +354,10 @@ class AuditWriter:
                 return
             if self._pending + len(records) > self.buffer_limit:
                 self._lost += len(records)
-                if self._lost == len(records) or self._lost % 10_000 < len(records):
+                # Logged when an episode starts (the buffer had room since the last loss),
+                # then every 10,000 records: loud enough, and never silent.
+                first, self._losing = not self._losing, True
+                if first or self._lost % 10_000 < len(records):
                     log.error(
                         "audit buffer full (%d records): %d records lost so far; %s",
                         self.buffer_limit,
@@ -338,6 +365,7 @@ class AuditWriter:
                         self._last_error or "the sink is too slow",
                     )
                 return
+            self._losing = False
             was_empty = not self._queue
             self._queue.append((records, _DONE))
             self._pending += len(records)
@@ -501,6 +529,7 @@ class AuditWriter:
                 # The caller gave up waiting and denied: do not record what it never said.
                 self._rejected += len(records)
                 continue
+            ticket.taken = True  # from here on the write decides (harmless on the shared `_DONE`)
             batch.append((records, ticket))
             n += len(records)
         return batch

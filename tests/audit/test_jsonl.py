@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import timedelta
@@ -12,6 +13,7 @@ import pytest
 from pdp.audit.jsonl import (
     JsonlSink,
     Segment,
+    head_path,
     read_blocks,
     read_lines,
     safe_chain,
@@ -56,6 +58,54 @@ def test_rotation_by_size_keeps_the_chain_across_files(tmp_path: Path) -> None:
     assert seqs == list(range(1, 21))
     report = verify(JsonlSource(tmp_path))
     assert report.ok and report.chains[0].checked == 20
+
+
+def test_a_rotation_that_fails_halfway_does_not_wedge_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The directory sync once the new segment is open fails (an I/O error): that call
+    # is denied, and the next ones are written to the new segment, not refused for good.
+    import pdp.audit.jsonl as jsonl
+
+    real, failed = jsonl._fsync_dir, []
+
+    def flaky(path: Path) -> None:
+        active = path / "host.jsonl"
+        rotated = list(path.glob("host.0*.jsonl")) and active.exists()
+        if not failed and rotated and active.stat().st_size == 0:
+            failed.append(path)
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(jsonl, "_fsync_dir", flaky)
+    sink = JsonlSink(tmp_path, max_bytes=3000)
+    w = AuditWriter(sink, chain="host", retry_interval=0.0)
+    w.start()
+    answers = [w.submit([record(i)]).wait(5) for i in range(20)]
+    w.close()
+    assert failed and answers.count(False) == 1, answers
+    assert answers.index(False) > 0 and all(answers[answers.index(False) + 1 :])
+    report = verify(JsonlSource(tmp_path))
+    assert report.ok and report.chains[0].checked == 19
+    assert len(segments(tmp_path)["host"]) > 2
+
+
+def test_an_empty_head_file_left_by_a_crash_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = AuditWriter(JsonlSink(tmp_path), chain="host")
+    w.start()
+    assert all(w.submit([record(i)]).wait(5) for i in range(3))
+    w.close()
+    head_path(tmp_path, "host").write_bytes(b"")  # created, its first write lost
+    w = AuditWriter(JsonlSink(tmp_path), chain="host")
+    with caplog.at_level(logging.WARNING, logger="pdp.audit"):
+        w.start()
+    assert w.healthy and w.submit([record(3)]).wait(5)
+    w.close()
+    assert "head file of chain `host` is empty" in caplog.text
+    report = verify(JsonlSource(tmp_path))
+    assert report.ok and report.chains[0].checked == 4
 
 
 def test_rotation_by_time(tmp_path: Path) -> None:

@@ -163,6 +163,27 @@ def test_buffered_counts_what_it_must_drop(caplog: pytest.LogCaptureFixture) -> 
     assert w.stats().lost == 25
 
 
+def test_buffered_logs_every_episode_of_loss(caplog: pytest.LogCaptureFixture) -> None:
+    sink = MemorySink()
+    sink.fail_with = OSError("disk gone")
+    w = writer(sink, mode="buffered", flush_interval=0.0, buffer_limit=3, retry_interval=0.05)
+    with caplog.at_level(logging.ERROR, logger="pdp.audit"):
+        for r in RECORDS[:5]:
+            w.submit([r])
+        sink.fail_with = None
+        wait_for(lambda: w.stats().written == 3, what="the buffer to be written")
+        sink.fail_with = OSError("disk gone again")
+        w.submit([RECORDS[5]])
+        wait_for(lambda: not w.healthy, what="the second failure")
+        for r in RECORDS[6:10]:
+            w.submit([r])
+    lost = [m for m in caplog.messages if "audit buffer full" in m]
+    assert w.stats().lost == 4
+    assert len(lost) == 2 and "disk gone again" in lost[1], caplog.messages
+    sink.fail_with = None
+    w.close()
+
+
 def test_durable_fails_the_call_when_the_sink_fails_then_recovers() -> None:
     sink = MemorySink()
     health: list[tuple[bool, str]] = []
@@ -205,6 +226,33 @@ def test_a_caller_that_gave_up_is_not_recorded() -> None:
     w.close()
     assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id]
     assert w.stats().rejected == 1
+
+
+def test_a_caller_whose_record_is_being_written_waits_for_the_write() -> None:
+    # Its record is in the batch a promoted caller writes: a time-out now would deny a
+    # decision whose record (an allow, with an id) is stored anyway. It waits instead.
+    sink = SlowSink()
+    sink.gate = threading.Event()
+    w = writer(sink)
+    results: dict[str, bool] = {}
+    first = threading.Thread(target=lambda: results.update(a=w.submit([RECORDS[0]]).wait(10)))
+    first.start()
+    assert sink.writing.wait(5)
+    t, u = w.submit([RECORDS[1]]), w.submit([RECORDS[2]])  # queued: t leads them next
+    second = threading.Thread(target=lambda: results.update(t=t.wait(10)))
+    second.start()
+    sink.writing.clear()
+    gate, sink.gate = sink.gate, threading.Event()
+    gate.set()  # the first write ends; t writes [t, u] and hangs on the new gate
+    assert sink.writing.wait(5)
+    threading.Timer(0.2, sink.gate.set).start()
+    results["u"] = u.wait(0.05)  # times out while its record is being written
+    first.join(5)
+    second.join(5)
+    w.close()
+    assert results == {"a": True, "t": True, "u": True} and not u.cancelled
+    assert [r.decision_id for r in sink.records] == [r.decision_id for r in RECORDS[:3]]
+    assert w.stats().rejected == 0
 
 
 def test_calls_queued_behind_a_write_are_written_by_one_of_them() -> None:
@@ -393,6 +441,26 @@ def test_an_awaited_call_that_times_out_is_not_recorded() -> None:
     w.close()
     assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id]
     assert w.stats().rejected == 1
+
+
+def test_an_awaited_call_whose_record_is_being_written_waits_for_the_write() -> None:
+    sink = SlowSink()
+    sink.gate = threading.Event()
+    w = writer(sink)
+
+    async def call() -> tuple[bool, str]:
+        t = w.submit([RECORDS[1]], asyncio.get_running_loop())
+        # The background thread has taken the record and is writing it, for 0.2 s.
+        assert await asyncio.to_thread(sink.writing.wait, 5)
+        threading.Timer(0.2, sink.gate.set).start()
+        return await t.wait_async(0.05), t.error
+
+    started = time.monotonic()
+    ok, error = asyncio.run(call())
+    assert (ok, error) == (True, "") and time.monotonic() - started >= 0.2
+    w.close()
+    assert [r.decision_id for r in sink.records] == [RECORDS[1].decision_id]
+    assert w.stats().rejected == 0
 
 
 def test_threads_and_loop_calls_share_one_chain() -> None:
