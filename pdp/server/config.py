@@ -440,7 +440,8 @@ KEYS: tuple[Key, ...] = (
         "audit.durable_timeout",
         _positive_number,
         "audit.durable_timeout",
-        "durable: seconds a call waits for its record before it is denied",
+        "durable: seconds a call's record may wait to be written before the call is "
+        "denied (a write already under way is waited for)",
         "float",
     ),
     Key(
