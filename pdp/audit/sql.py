@@ -83,7 +83,9 @@ def parse_url(text: str) -> URL:
 
 
 def shown(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    from pdp.store.config import redact
+
+    return redact(url)
 
 
 def make_tables(metadata: MetaData, name: str) -> tuple[Table, Table, Table]:

@@ -23,6 +23,8 @@ ENV_URL = "PDP_DB_URL"
 
 # For text that is not even a URL: everything from a colon to the `@` may be a password.
 _PASSWORD_RE = re.compile(r":[^@\s]*@")
+# libpq also takes a password as a query parameter (`?password=...`, `sslpassword=...`).
+_QUERY_PASSWORD_RE = re.compile(r"(?i)(password=)[^&;\s]*")
 
 
 def parse_url(text: str | URL) -> URL:
@@ -57,18 +59,18 @@ def parse_url(text: str | URL) -> URL:
 
 
 def redact(url: str | URL) -> str:
-    """The URL as text with its password replaced by `***`."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return redact_text(url)
+    """The URL as text with its passwords (user info and query) replaced by `***`."""
+    if not isinstance(url, URL):
+        try:
+            url = make_url(url)
+        except (ArgumentError, ValueError):
+            return redact_text(url)
+    return _QUERY_PASSWORD_RE.sub(r"\1***", url.render_as_string(hide_password=True))
 
 
 def redact_text(text: str) -> str:
     """Best effort for strings that are not even URLs: hide what looks like a password."""
-    return _PASSWORD_RE.sub(":***@", text)
+    return _QUERY_PASSWORD_RE.sub(r"\1***", _PASSWORD_RE.sub(":***@", text))
 
 
 def resolve_url(flag: str | None = None, config: Mapping[str, Any] | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +96,22 @@ def test_store_outage_through_the_server(policy_dir: Path, pg: PgSchema) -> None
         server.stop(0.5)
         proxy.stop()
         direct.close()
+
+
+def test_a_password_in_the_store_url_query_is_never_shown(
+    policy_dir: Path, pg: PgSchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    # libpq takes `?password=`; the database does not exist, so the error names the URL.
+    url = pg.url().set(database="pdp_no_such_db").render_as_string(hide_password=False)
+    url += ("&" if "?" in url else "?") + "password=S3cretPW"
+    with caplog.at_level(logging.INFO):
+        server, client = serve_store(policy_dir, url)
+    try:
+        info = client.server_info()
+        assert not info.last_reload.ok and info.last_reload.what == "bindings"
+        errors = "\n".join(info.last_reload.errors)
+        assert "pdp_no_such_db" in errors and "password=***" in errors
+        assert "S3cretPW" not in errors and "S3cretPW" not in caplog.text
+    finally:
+        client.close()
+        server.stop(0.5)

@@ -43,6 +43,11 @@ def test_redact() -> None:
         "postgresql+psycopg://pdp:***@db:5432/pdp"
     )
     assert redact("postgresql://pdp@db/pdp") == "postgresql://pdp@db/pdp"
+    # libpq takes passwords as query parameters too.
+    assert redact("postgresql://db/pdp?user=pdp&password=s3cret&sslpassword=k3y") == (
+        "postgresql://db/pdp?password=***&sslpassword=***&user=pdp"  # keys sorted
+    )
+    assert "s3cret" not in redact("postgres ql://db/pdp?password=s3cret")
 
 
 def test_the_url_comes_from_flag_then_environment_then_config(
