@@ -60,7 +60,7 @@ from pdp.identity.result import (
 from pdp.server.config import Limits
 from pdp.server.convert import Converter, InputError, LimitError
 from pdp.server.ids import new_decision_ids
-from pdp.server.state import ServingState, Snapshot
+from pdp.server.state import ReloadResult, ServingState, Snapshot
 from pdp.store.blocking import WouldBlock
 from pdp.store.errors import StoreError
 from pdp.v1 import decision_pb2 as pb
@@ -420,11 +420,9 @@ class DecisionService:
             )
         last = state.last_reload
         if last is not None:
-            info.last_reload.ok = last.ok
-            info.last_reload.at.FromDatetime(last.at)
-            info.last_reload.policy_version = last.policy_version
-            info.last_reload.errors.extend(last.errors)
-            info.last_reload.what = last.what
+            _reload_result(last, info.last_reload)
+        for r in state.reloads:
+            _reload_result(r, info.reloads.add())
         return info, _NONE
 
     # --- shared steps -------------------------------------------------------------------
@@ -813,6 +811,15 @@ def _entity(part: object) -> tuple[str, str] | None:
 
 def _join(a: str, b: str) -> str:
     return f"{a}.{b}" if a else b
+
+
+def _reload_result(r: ReloadResult, into: pb.ReloadResult) -> None:
+    into.ok = r.ok
+    into.at.FromDatetime(r.at)
+    into.policy_version = r.policy_version
+    into.errors.extend(r.errors)
+    into.what = r.what
+    into.bindings_version = r.bindings_version
 
 
 def _diag(code: str, message: str, rule_id: str | None = None) -> pb.Diagnostic:

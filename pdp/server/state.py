@@ -42,6 +42,10 @@ class ReloadResult:
     what: str  # "policies", "bindings" or "routes"
     policy_version: str  # loaded (ok) or rejected; "" when not even hashed
     errors: tuple[str, ...] = ()
+    bindings_version: str = ""  # "bindings", ok: the version loaded, when known
+
+
+_PARTS = ("policies", "bindings", "routes")
 
 
 class RoleBackendError(Exception):
@@ -96,7 +100,7 @@ class ServingState:
         self.backend = backend
         # INVARIANT: replaced whole, never mutated; readers take one reference per call.
         self.snapshot: Snapshot | None = None
-        self.last_reload: ReloadResult | None = None
+        self._reloads: dict[str, ReloadResult] = {}  # the latest of each part, by `what`
         self._lock = threading.RLock()  # one (re)load at a time
         # What was last logged, so that retries while not serving (every 2 s) do not
         # repeat the same lines: per part that failed, (text, monotonic time) of its
@@ -117,6 +121,19 @@ class ServingState:
     @property
     def ready(self) -> bool:
         return self.snapshot is not None
+
+    @property
+    def reloads(self) -> tuple[ReloadResult, ...]:
+        """The latest reload of each part (policies, bindings, routes), in that order."""
+        return tuple(self._reloads[w] for w in _PARTS if w in self._reloads)
+
+    @property
+    def last_reload(self) -> ReloadResult | None:
+        """The latest failure of a part that still fails, else the latest reload: a part
+        that failed stays visible until it loads again, whatever reloads after it."""
+        results = self.reloads
+        failing = [r for r in results if not r.ok]
+        return max(failing or results, key=lambda r: r.at, default=None)
 
     def load_all(self) -> bool:
         """Load policies, then the role source; True when both are ready."""
@@ -182,9 +199,9 @@ class ServingState:
             self._failed("policies", version, errors, now)
             return None, 0
         policy = compile_policy_set(result.policy_set)
-        last = self.last_reload
-        failed_before = last is not None and not last.ok and last.what == "policies"
-        self.last_reload = ReloadResult(True, now, "policies", policy.version)
+        last = self._reloads.get("policies")
+        failed_before = last is not None and not last.ok
+        self._reloads["policies"] = ReloadResult(True, now, "policies", policy.version)
         self._logged_failures.pop("policies", None)  # the next failure is news again
         for w in result.warnings:
             log.warning("%s", w.render())
@@ -209,10 +226,13 @@ class ServingState:
             table = load_routes(self.routes_path)
         except RouteTableError as exc:
             errors = [f"{exc.source}: {p}" for p in exc.problems]
-            self.last_reload = ReloadResult(False, now, "routes", policy.version, tuple(errors))
+            self._reloads["routes"] = ReloadResult(
+                False, now, "routes", policy.version, tuple(errors)
+            )
             keeping = "keeping the last good route table" if last else "Envoy checks unavailable"
             log.error("loading routes failed; %s:\n%s", keeping, "\n".join(errors))
             return last
+        self._reloads["routes"] = ReloadResult(True, now, "routes", policy.version)
         for note in route_warnings(table, policy):
             log.warning("%s", note)
         if last is None or [r.name for r in last.routes] != [r.name for r in table.routes]:
@@ -227,7 +247,9 @@ class ServingState:
         except RoleBackendError as exc:
             self._failed("bindings", policy.version, [str(exc)], now)
             return None
-        self.last_reload = ReloadResult(True, now, "bindings", policy.version)
+        self._reloads["bindings"] = ReloadResult(
+            True, now, "bindings", policy.version, bindings_version=roles.version()
+        )
         self._logged_failures.pop("bindings", None)
         log.info(
             "role bindings from %s, version %s",
@@ -237,7 +259,7 @@ class ServingState:
         return roles
 
     def _failed(self, what: str, version: str, errors: list[str], now: datetime) -> None:
-        self.last_reload = ReloadResult(False, now, what, version, tuple(errors))
+        self._reloads[what] = ReloadResult(False, now, what, version, tuple(errors))
         if self.snapshot is None:
             keeping = "; not serving until this is fixed"
         elif what == "bindings":

@@ -60,11 +60,12 @@ def parse_url(text: str | URL) -> URL:
 
 def redact(url: str | URL) -> str:
     """The URL as text with its passwords (user info and query) replaced by `***`."""
-    if not isinstance(url, URL):
+    if isinstance(url, str):
+        text = url
         try:
-            url = make_url(url)
+            url = make_url(text)
         except (ArgumentError, ValueError):
-            return redact_text(url)
+            return redact_text(text)
     return _QUERY_PASSWORD_RE.sub(r"\1***", url.render_as_string(hide_password=True))
 
 

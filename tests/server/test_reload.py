@@ -106,6 +106,32 @@ def test_bindings_file_change(running: Running) -> None:
     assert client.check(ALICE, "write", DOC).allowed
 
 
+def test_a_failing_part_stays_in_last_reload_until_it_loads(running: Running) -> None:
+    # Broken policy files, then a good bindings change: last_reload must still say the
+    # policies fail (the last good set is served); `reloads` holds each part's latest.
+    client = running.client
+    docs = running.policy_dir / "docs.pdp"
+    text = docs.read_text()
+    docs.write_text(text.replace("permit viewer to read", "permit viewr to read"), "utf-8")
+    wait_for(lambda: failed_reload(client), what="the failed policy reload")
+    before = client.server_info().bindings_version
+    bindings = running.bindings_file.read_text()
+    running.bindings_file.write_text(
+        bindings.replace("role: viewer", "role: editor", 1), encoding="utf-8"
+    )
+    info = wait_for(
+        lambda: (i := client.server_info()).bindings_version != before and i,
+        what="the new bindings",
+    )
+    assert not info.last_reload.ok and info.last_reload.what == "policies"
+    parts = {r.what: r for r in info.reloads}
+    assert not parts["policies"].ok and parts["bindings"].ok
+    assert parts["bindings"].bindings_version == info.bindings_version
+    docs.write_text(text, "utf-8")
+    info = wait_for(lambda: (i := client.server_info()).last_reload.ok and i, what="recovery")
+    assert info.last_reload.what == "policies" and all(r.ok for r in info.reloads)
+
+
 def test_a_configmap_style_swap_is_one_reload(
     tmp_path: Path, policy_dir: Path, bindings_file: Path
 ) -> None:
