@@ -10,6 +10,7 @@ source, and a bad one is reported as one line naming where it came from and the 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -190,17 +191,27 @@ def _non_negative_int(v: object) -> int:
     return v
 
 
-def _positive_number(v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-        raise ValueError("must be a positive number")
+def _number(v: object) -> float | None:
+    """`v` as a float when it is a finite number (not a bool), else None: `nan` and
+    `inf` pass every comparison a range check makes, and would quietly break timers."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
     return float(v)
+
+
+def _positive_number(v: object) -> float:
+    n = _number(v)
+    if n is None or n <= 0:
+        raise ValueError("must be a positive number")
+    return n
 
 
 def _refresh_interval(v: object) -> float:
     # Below a second, tokens with made-up `kid`s would make the PDP hammer the issuer.
-    if isinstance(v, bool) or not isinstance(v, int | float) or v < 1:
+    n = _number(v)
+    if n is None or n < 1:
         raise ValueError("must be a number of seconds, 1 or more")
-    return float(v)
+    return n
 
 
 def _bool(v: object) -> bool:
@@ -251,9 +262,10 @@ def _strings(v: object) -> tuple[str, ...]:
 
 
 def _share(v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+    n = _number(v)
+    if n is None or not 0 <= n <= 1:
         raise ValueError("must be a number from 0 to 1")
-    return float(v)
+    return n
 
 
 def _sections(v: object) -> tuple[str, ...]:
@@ -274,9 +286,10 @@ def _one_of(*choices: str) -> Check:
 
 
 def _non_negative_number(v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+    n = _number(v)
+    if n is None or n < 0:
         raise ValueError("must be a number, 0 or more")
-    return float(v)
+    return n
 
 
 def _header_names(v: object) -> tuple[str, ...]:
@@ -1142,7 +1155,9 @@ def split_address(text: str) -> tuple[str, int]:
         raise ValueError("must be `host:port`, e.g. 127.0.0.1:50051")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    # ASCII digits only: `isdigit` also takes `²` (int() fails) and `５` (int() reads it,
+    # gRPC does not).
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError("must be `host:port` with a port from 0 to 65535")
     return host, int(port)
 

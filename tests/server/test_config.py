@@ -77,6 +77,24 @@ def test_store_cli_variable_is_honoured() -> None:
         ("[tls]\nallow_plaintext = 1\n", "tls.allow_plaintext: must be true or false, got 1"),
         ('[tls]\ncert = "c.pem"\n', "tls.cert and tls.key: give both or neither"),
         ("workers = 2\n", "workers: several workers need a fixed port"),
+        # Not finite: passes every range check, then breaks timers quietly.
+        ("grace_seconds = inf\n", "grace_seconds: must be a positive number, got inf"),
+        (
+            "[store]\nmax_staleness = nan\n",
+            "store.max_staleness: must be a positive number, got nan",
+        ),
+        (
+            "[audit]\ndurable_timeout = nan\n",
+            "audit.durable_timeout: must be a positive number, got nan",
+        ),
+        (
+            'listen = "127.0.0.1:\u00b2"\n',
+            'listen: must be `host:port` with a port from 0 to 65535, got "127.0.0.1:\u00b2"',
+        ),
+        (
+            'listen = "127.0.0.1:\uff15\uff10"\n',
+            'listen: must be `host:port` with a port from 0 to 65535, got "127.0.0.1:\uff15\uff10"',
+        ),
     ],
 )
 def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
