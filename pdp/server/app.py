@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -134,6 +135,7 @@ def bind(
     tls = cfg.tls
     try:
         if tls.enabled:
+            _check_tls_files(tls.cert, tls.key, tls.client_ca if tls.mutual else "")
             creds = grpc.ssl_server_credentials(
                 [(_read(tls.key, "tls.key"), _read(tls.cert, "tls.cert"))],
                 root_certificates=_read(tls.client_ca, "tls.client_ca") if tls.mutual else None,
@@ -172,6 +174,30 @@ def _check_address(listen: str, reuse_port: bool) -> None:
             probe.bind(address)
         except OSError as exc:
             raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+
+
+def _check_tls_files(cert: str, key: str, client_ca: str) -> None:
+    """StartupError naming the setting whose file OpenSSL cannot use.
+
+    gRPC would log its own lines and then fail to listen, as if the port were taken.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for setting, path in (("tls.cert", cert), ("tls.client_ca", client_ca)):
+        if path:
+            _read(path, setting)  # a missing file is named as such
+            try:
+                ctx.load_verify_locations(cafile=path)
+            except ssl.SSLError:
+                raise StartupError(f"{setting}: {path} holds no PEM certificate") from None
+    _read(key, "tls.key")
+    try:
+        # A password callback, so that an encrypted key fails instead of prompting.
+        ctx.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"tls.key: {key} is not an unencrypted PEM private key for the certificate in "
+            f"tls.cert ({exc.reason or exc})"
+        ) from None
 
 
 def _read(path: str, key: str) -> bytes:
@@ -277,15 +303,21 @@ class PdpServer:
             raise StartupError(f"audit log: {error}")
         self._started = True
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.on_loop:
-            self.port = self._start_on_loop()
-        else:
-            server = build_threaded_server(
-                self.cfg, reuse_port=self.reuse_port, executor=self._pool
-            )
-            self.port = self._add_services(server)
-            server.start()
-            self.server = server
+        try:
+            if self.on_loop:
+                self.port = self._start_on_loop()
+            else:
+                server = build_threaded_server(
+                    self.cfg, reuse_port=self.reuse_port, executor=self._pool
+                )
+                self.port = self._add_services(server)
+                server.start()
+                self.server = server
+        except BaseException:
+            # Cannot listen (port, TLS files): release the audit log's lock, the store
+            # and the threads, so that an embedding program may try again.
+            self.stop(0)
+            raise
         if wait_ready:
             self.state.load_all()
         else:

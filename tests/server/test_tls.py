@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pdp.client import PdpClient, PdpError, credentials
-from pdp.server.app import PdpServer
+from pdp.server.app import PdpServer, StartupError
 from pdp.server.config import ConfigError, load_config
 from tests.server.certs import CA, Pair
 from tests.server.support import ALICE, DOC
@@ -131,3 +131,21 @@ def test_plaintext_only_on_loopback(policy_dir: Path) -> None:
 def test_allow_list_needs_client_certificates() -> None:
     with pytest.raises(ConfigError, match="set tls.client_ca too"):
         load_config(None, environ={}, flags={"tls.allowed_callers": ["svc"]})
+
+
+def test_unusable_tls_files_are_named(
+    policy_dir: Path, bindings_file: Path, pki: Pki, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a PEM file\n")
+    cases = {
+        "cert": ({"cert": str(junk)}, f"tls.cert: {junk} holds no PEM certificate"),
+        "key": ({"key": str(junk)}, f"tls.key: {junk} is not an unencrypted PEM private key"),
+        "other key": ({"key": str(pki.svc_a.key)}, "for the certificate in tls.cert"),
+        "ca": ({"client_ca": str(junk)}, f"tls.client_ca: {junk} holds no PEM certificate"),
+        "missing": ({"key": str(tmp_path / "nope.pem")}, "tls.key: cannot read"),
+    }
+    for name, (tls, message) in cases.items():
+        with pytest.raises(StartupError) as exc:
+            serve(policy_dir, bindings_file, pki, **tls).stop(0)
+        assert message in str(exc.value), name
