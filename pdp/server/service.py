@@ -246,7 +246,7 @@ class DecisionService:
         out = [
             _internal_error(version, ev.action.name if ev.HasField("action") else msg.action.name)
             for ev in msg.evaluations
-        ]
+        ] or [_internal_error(version, msg.action.name)]  # a single evaluation (see above)
         return pb.EvaluationsResponse(
             decisions=out[:1] if _STOP_AFTER.get(msg.semantic) is False else out
         )
@@ -522,6 +522,11 @@ class DecisionService:
                 conv.struct(ev.context, where + ".context") if ev.HasField("context") else d_context
             )
             items.append(_combine(subject, action, resource, attrs, where, now))
+        if not msg.evaluations:
+            # AuthZEN 1.0 §7.1: without evaluations the request is a single evaluation
+            # of its defaults, not an empty batch (a caller reading decisions[0] must
+            # find a decision, a deny naming what is missing at worst).
+            items.append(_combine(d_subject, d_action, d_resource, d_context, "", now))
         return items
 
     def _decide(

@@ -136,8 +136,13 @@ def test_permit_on_first_permit_with_no_permit_returns_all(client: PdpClient) ->
     assert [d.allowed for d in ds] == [False, False]
 
 
-def test_empty_evaluations(client: PdpClient) -> None:
-    assert client.evaluations([], subject=ALICE, resource=DOC) == []
+def test_no_evaluations_is_one_evaluation_of_the_defaults(client: PdpClient) -> None:
+    # AuthZEN 1.0 §7.1: without an evaluations array, the defaults are the request.
+    [d] = client.evaluations([], subject=ALICE, action="read", resource=DOC)
+    assert d.allowed and d.action == "read" and d.decision_id
+    [d] = client.evaluations([], subject=ALICE, resource=DOC)
+    assert not d.allowed and d.diagnostics[0].code == "invalid_request"
+    assert "`action` is required" in d.diagnostics[0].message
 
 
 def test_list_actions(client: PdpClient) -> None:
