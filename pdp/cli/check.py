@@ -41,9 +41,11 @@ request (JSON; `-` reads stdin):
    "resource": {"type": "document", "id": "42", "properties": {"tenant": "acme"},
                 "ancestors": ["folder/7"]},
    "context":  {"ip": "10.1.2.3"}}
-  or {"subject": ..., "evaluations": [{"action": ...}, ...]} with shared defaults
+  or {"subject": ..., "evaluations": [{"action": ...}, ...]} with shared defaults;
+  an unknown key is an error
 
-exit codes: 0 all allowed, 1 bad input or invalid policies, 2 usage, 3 a deny
+exit codes: 0 all allowed, 1 bad input or invalid policies, 2 usage (also a
+--request or --bindings file that does not exist), 3 a deny
 """
 
 

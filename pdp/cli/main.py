@@ -42,8 +42,8 @@ VERBS = (
 EPILOG = """\
 exit codes:
   0  success (clean policies, all tests passed, every decision allowed)
-  1  errors: invalid policies, failed tests, bad input files
-  2  wrong usage of the command
+  1  errors: invalid policies, failed tests, bad input files, missing policy paths
+  2  wrong usage of the command (also a file named by a flag that does not exist)
   3  `pdp check`: at least one decision was a deny
 """
 

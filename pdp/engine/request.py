@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from pdp.lang.errors import did_you_mean
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+# The keys each part of a request may have; anything else is a typo to report, not
+# to ignore (a misspelt `properties` would otherwise decide as if it were absent).
+SUBJECT_KEYS = ("type", "id", "properties")
+ACTION_KEYS = ("name", "properties")
+RESOURCE_KEYS = ("type", "id", "properties", "ancestors")
+EVALUATION_KEYS = ("subject", "action", "resource", "context")
+REQUEST_KEYS = (*EVALUATION_KEYS, "evaluations", "actions")
+_KEYS = {"subject": SUBJECT_KEYS, "action": ACTION_KEYS, "resource": RESOURCE_KEYS}
+# Keys of the AuthZEN API and of our gRPC service that an offline request cannot honour.
+_NOT_OFFLINE = {
+    "options": "is not supported offline; every evaluation is decided",
+    "semantic": "is not supported offline; every evaluation is decided",
+    "credential": "is not supported offline; give the `subject` instead",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +100,8 @@ def parse_request(obj: object, where: str = "") -> Request:
     """One AuthZEN-shaped evaluation (subject, action, resource, context) → `Request`."""
     if not isinstance(obj, Mapping):
         raise RequestError(where or "request", "must be an object")
-    return Request(
-        subject=_subject(obj.get("subject"), _join(where, "subject")),
-        action=_action(obj.get("action"), _join(where, "action")),
-        resource=_resource(obj.get("resource"), _join(where, "resource")),
-        context=_mapping(obj.get("context"), _join(where, "context")),
-    )
+    _known_keys(obj, EVALUATION_KEYS, where or "request")
+    return _request(obj, where, _join(where, "action"))
 
 
 def parse_evaluations(obj: object) -> tuple[list[Request], bool]:
@@ -98,11 +112,20 @@ def parse_evaluations(obj: object) -> tuple[list[Request], bool]:
     """
     if not isinstance(obj, Mapping):
         raise RequestError("request", "must be an object")
-    defaults = {k: obj[k] for k in ("subject", "action", "resource", "context") if k in obj}
+    for key in obj:
+        if key in _NOT_OFFLINE:
+            raise RequestError(key, _NOT_OFFLINE[key])
+    _known_keys(obj, REQUEST_KEYS, "request")
+    defaults = {k: obj[k] for k in EVALUATION_KEYS if k in obj}
+    if "actions" in obj and "evaluations" in obj:
+        # The list would be ignored: refuse rather than decide something else than asked.
+        raise RequestError("actions", "cannot be used together with `evaluations`")
     if "evaluations" in obj:
         items = obj["evaluations"]
         if not isinstance(items, list):
             raise RequestError("evaluations", "must be a list")
+        if not items:  # AuthZEN 1.0 §7.1: one evaluation of the defaults, as the server
+            return [_request(defaults, "", "action")], True
         return [
             parse_request({**defaults, **_obj(e, f"evaluations[{i}]")}, f"evaluations[{i}]")
             for i, e in enumerate(items)
@@ -112,9 +135,57 @@ def parse_evaluations(obj: object) -> tuple[list[Request], bool]:
         if not isinstance(acts, list) or not acts:
             raise RequestError("actions", "must be a non-empty list")
         return [
-            parse_request({**defaults, "action": a}, f"actions[{i}]") for i, a in enumerate(acts)
+            _request({**defaults, "action": a}, "", f"actions[{i}]") for i, a in enumerate(acts)
         ], True
-    return [parse_request(defaults)], False
+    return [_request(defaults, "", "action")], False
+
+
+def _request(obj: Mapping[str, Any], where: str, action_at: str) -> Request:
+    """`obj` has only known keys; `action_at` is where its action came from."""
+    subject_at, resource_at = _join(where, "subject"), _join(where, "resource")
+    return Request(
+        subject=_subject(_part(obj, "subject", subject_at), subject_at),
+        action=_action(_part(obj, "action", action_at), action_at),
+        resource=_resource(_part(obj, "resource", resource_at), resource_at),
+        context=_mapping(obj.get("context"), _join(where, "context")),
+    )
+
+
+def _known_keys(obj: Mapping[Any, Any], allowed: tuple[str, ...], where: str) -> None:
+    """RequestError naming the first key that is not one of `allowed`, with the closest."""
+    for key in obj:
+        if key not in allowed:
+            hint = did_you_mean(str(key), allowed)
+            raise RequestError(where, f"unknown key `{key}`" + (f"; {hint}" if hint else ""))
+
+
+def _part(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    """The subject, action or resource: required, an object, with only its own keys."""
+    if key not in obj:
+        raise RequestError(where, "is required")
+    value = obj[key]
+    if not isinstance(value, Mapping):
+        raise RequestError(where, "must be an object" + _object_form(key, value))
+    _known_keys(value, _KEYS[key], where)
+    return value
+
+
+def _object_form(key: str, value: object) -> str:
+    """How to write `value` (a name, `type:id` or `type/id` string) as the object."""
+    if isinstance(value, str) and value:
+        shape: dict[str, str] | None = None
+        if key == "action":
+            shape = {"name": value}
+        elif key == "subject" and 0 < value.find(":") < len(value) - 1:
+            kind, _, ident = value.partition(":")
+            shape = {"type": kind, "id": ident}
+        elif key == "resource" and is_scope_name(value):
+            kind, _, ident = value.partition("/")
+            shape = {"type": kind, "id": ident}
+        if shape is not None:
+            return f", not a string; write `{json.dumps(shape, ensure_ascii=False)}`"
+    required = " and ".join(f"`{k}`" for k in _KEYS[key] if k in ("type", "id", "name"))
+    return f" with {required}"
 
 
 def _obj(value: object, where: str) -> Mapping[str, Any]:
@@ -142,8 +213,7 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _subject(value: object, where: str) -> Subject:
-    obj = _obj(value, where)
+def _subject(obj: Mapping[str, Any], where: str) -> Subject:
     return Subject(
         _text(obj, "type", where),
         _text(obj, "id", where),
@@ -151,13 +221,11 @@ def _subject(value: object, where: str) -> Subject:
     )
 
 
-def _action(value: object, where: str) -> Action:
-    obj = _obj(value, where)
+def _action(obj: Mapping[str, Any], where: str) -> Action:
     return Action(_text(obj, "name", where), _mapping(obj.get("properties"), f"{where}.properties"))
 
 
-def _resource(value: object, where: str) -> Resource:
-    obj = _obj(value, where)
+def _resource(obj: Mapping[str, Any], where: str) -> Resource:
     ancestors = obj.get("ancestors") or ()
     if not isinstance(ancestors, list | tuple) or not all(
         isinstance(a, str) and is_scope_name(a) for a in ancestors

@@ -328,6 +328,23 @@ def test_check_explain_shows_diagnostics(capsys: pytest.CaptureFixture[str], pro
             {**request(), "resource": {"type": "d", "id": "1", "ancestors": ["x"]}},
             "error: bad request: `resource.ancestors`: must be a list of `type/id` strings\n",
         ),
+        (
+            {k: v for k, v in request().items() if k != "action"},
+            "error: bad request: `action`: is required\n",
+        ),
+        (
+            {**request(), "action": "read"},
+            'error: bad request: `action`: must be an object, not a string; write `{"name": '
+            '"read"}`\n',
+        ),
+        (
+            {**request(), "subject": {"type": "user", "id": "alice", "props": {}}},
+            "error: bad request: `subject`: unknown key `props`; did you mean `properties`?\n",
+        ),
+        (
+            {**request(), "evaluations": [{"actoin": {"name": "read"}}]},
+            "error: bad request: `evaluations[0]`: unknown key `actoin`; did you mean `action`?\n",
+        ),
     ],
 )
 def test_check_bad_requests(
@@ -385,6 +402,27 @@ def test_user_input_is_not_markup(capsys: pytest.CaptureFixture[str], project: P
     code, _, err = check(capsys, project, request(), "--now", "[/]")
     assert code == 1
     assert "`[/]`" in err
+
+
+def test_check_help_example_is_a_valid_request(
+    capsys: pytest.CaptureFixture[str], project: Path
+) -> None:
+    from pdp.cli.check import EXAMPLE
+
+    example = EXAMPLE.split("\n  or ")[0].split(":\n", 1)[1]
+    code, out, err = check(capsys, project, example)
+    assert (code, err) == (0, "")
+    assert json.loads(out)["decision"] is True
+
+
+def test_docs_exit_codes_say_a_missing_request_file_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], project: Path
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["check", "--policies", str(project / "policies"), "--request", "nope.json"])
+    table = (REPO / "docs" / "cli.md").read_text(encoding="utf-8").split("| verb |")[0]
+    row = next(line for line in table.splitlines() if line.startswith(f"| {info.value.code} |"))
+    assert "--request" in row
 
 
 def test_check_usage_errors(capsys: pytest.CaptureFixture[str], project: Path) -> None:
