@@ -98,4 +98,10 @@ def _unrecognized(parser: argparse.ArgumentParser, argv: list[str], extra: list[
     message = f"unrecognized arguments: {' '.join(extra)}"
     first = next((x.split("=")[0] for x in extra if x.startswith("--")), None)
     hint = did_you_mean(first, options) if first else None
+    if first in _ADDRESS_FLAGS and "--listen" in options:
+        # Not a typo: what other servers call it (and `make run` takes PORT=...).
+        hint = "the address is one option here: `--listen HOST:PORT`, e.g. 127.0.0.1:50051"
     command.error(message + (f"; {hint}" if hint else ""))
+
+
+_ADDRESS_FLAGS = ("--port", "--host", "--bind", "--address", "--addr")

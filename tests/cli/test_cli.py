@@ -593,3 +593,6 @@ def test_an_unknown_option_gets_its_commands_usage_and_the_closest_option(
         "pdp bindings list: error: unrecognized arguments: --subjct user:x; "
         "did you mean `--subject`?" in err
     )
+    with pytest.raises(SystemExit):
+        main(["serve", "--port", "5000"])  # what other servers call it
+    assert "`--listen HOST:PORT`, e.g. 127.0.0.1:50051" in capsys.readouterr().err
