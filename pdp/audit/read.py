@@ -21,7 +21,9 @@ from typing import Any, Protocol
 from pdp.audit.jsonl import (
     CHAIN_RE,
     HEAD_SUFFIX,
+    SUFFIX,
     Segment,
+    head_path,
     read_blocks,
     read_head,
     read_lines,
@@ -310,6 +312,12 @@ class JsonlSource(ScanSource):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no audit log at {self.path} (no such file or directory)")
+        if self.path.is_file() and self.path.suffix != SUFFIX:
+            # A head or lock file (or anything else) would only read as corrupt records.
+            raise FileNotFoundError(
+                f"{self.path} is not an audit log file (`*{SUFFIX}`); give the file or its "
+                "directory"
+            )
         self.description = str(self.path)
         self.single = self.path.is_file()
 
@@ -334,6 +342,9 @@ class JsonlSource(ScanSource):
                 if CHAIN_RE.match(name) and name not in found:
                     found.append(name)
         return found
+
+    def head_where(self, chain: str) -> str:
+        return str(head_path(self.path, chain))  # named as the records' files are
 
     def recorded_head(self, chain: str) -> ChainHead | None:
         if self.single or not chain:

@@ -170,6 +170,12 @@ def test_verify(cli: Cli, log: Path, tmp_path: Path) -> None:
     assert "record 7 removed or moved" in out
     data = json.loads(cli("verify", "--log", str(copy), "--json")[1])
     assert data["ok"] is False and data["chains"][0]["first_break"]["seq"] == 8
+    # The head file is not a log: said so, not read as corrupt records.
+    head = next(log.glob("*.head"), None)
+    assert head is not None
+    code, out, err = cli("verify", "--log", str(head))
+    assert code == 1 and not out
+    assert f"{head} is not an audit log file (`*.jsonl`)" in err
 
 
 def test_tail_follows_new_records(cli: Cli, log: Path, tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def test_records_cut_from_the_end(log: Path, tmp_path: Path) -> None:
     d, lines = copy(log, tmp_path)
     save(d, lines[:-2])
     c = check(d)
-    assert c.first_break is not None and c.first_break.where == "host.head"
+    assert c.first_break is not None and c.first_break.where == str(d / "host.head")
     assert c.first_break.message == (
         f"the log ends at seq {N - 2} but the writer wrote seq {N}: records {N - 1} to {N} "
         "are missing (removed from the end)"
