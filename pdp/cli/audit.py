@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape as escape_markup
 from rich.table import Table
 
 from pdp.audit.explain import NOT_BY_POLICY, Rederived, rederive
@@ -32,7 +30,9 @@ from pdp.cli.common import (
     err,
     fail,
     out,
+    print_explanation,
     print_json,
+    safe,
 )
 
 DEFAULT_LOG = "pdp-audit"
@@ -48,19 +48,6 @@ times: a duration back from now (30s, 15m, 2h, 7d, 2w), `now`, or ISO 8601
 EXIT_HELP = """\
 exit codes: 0 success; 1 the log cannot be read, a decision is not found, or
 (verify) a chain is broken; 2 bad usage: an unknown field, a bad time or cursor"""
-
-
-# C0 and C1 control characters (ESC, CSI, backspace, ...), and DEL.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def escape(text: str) -> str:
-    """For rich output: markup escaped, control characters shown as `\\xNN`.
-
-    Records hold what callers sent (ids, attributes): printed raw, an escape sequence
-    in a resource id could rewrite the reviewer's terminal.
-    """
-    return escape_markup(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
 def register(sub: Any) -> None:
@@ -180,7 +167,7 @@ def _usage(message: str) -> int:
 
 def _warn(problems: list[Problem]) -> None:
     for p in problems[:20]:
-        err.print(f"[yellow]warning[/]: {escape(str(p))}; skipped")
+        err.print(f"[yellow]warning[/]: {safe(str(p))}; skipped")
     if len(problems) > 20:
         err.print(f"[yellow]warning[/]: {len(problems) - 20} more lines skipped")
 
@@ -238,11 +225,11 @@ def run_search(args: argparse.Namespace) -> int:
         table.add_row(
             format_time(r.time_us)[:19].replace("T", " "),
             _verdict(r.allowed),
-            escape(_who(r)),
-            escape(r.action or "-"),
-            escape(_what(r)),
-            escape(", ".join(x.rule for x in r.reasons) or _refusal(r)),
-            escape(r.caller or "-"),
+            safe(_who(r)),
+            safe(r.action or "-"),
+            safe(_what(r)),
+            safe(", ".join(x.rule for x in r.reasons) or _refusal(r)),
+            safe(r.caller or "-"),
             r.decision_id,
         )
     _print_wide(table)
@@ -283,14 +270,14 @@ def run_show(args: argparse.Namespace) -> int:
     _print_record(record)
     out.print()
     if again.decision is None:
-        out.print(f"[bold]explanation[/]: cannot re-derive: {escape(again.why_not)}")
+        out.print(f"[bold]explanation[/]: cannot re-derive: {safe(again.why_not)}")
         return EXIT_OK
     d = again.decision
     same = "matches the record" if again.matches else "[bold red]differs from the record[/]"
     out.print(f"[bold]explanation[/], re-derived: {_verdict(d.allowed)} ({same})")
-    _print_trace(d)
+    print_explanation(d)
     for note in again.notes:
-        out.print(f"  note: {escape(note)}")
+        out.print(f"  note: {safe(note)}")
     return EXIT_OK
 
 
@@ -343,22 +330,22 @@ def _print_record(r: DecisionRecord) -> None:
         ("decision", _verdict(r.allowed)),
         ("decision_id", r.decision_id),
         ("time", format_time(r.time_us)),
-        ("caller", escape(r.caller or "-")),
+        ("caller", safe(r.caller or "-")),
     ]
     # Authentication and the HTTP request come before the decision's own fields: they
     # are separate steps, and a failed authentication means there was no evaluation.
     if r.http is not None:
-        rows.append(("http request", escape(_http_text(r.http))))
+        rows.append(("http request", safe(_http_text(r.http))))
     if r.authn is not None:
-        rows.append(("authentication", escape(_authn_text(r.authn))))
+        rows.append(("authentication", safe(_authn_text(r.authn))))
     rows += [
-        ("subject", escape(r.subject if r.subject_type else "-")),
-        ("roles used", escape(", ".join(r.roles) or "-")),
-        ("action", escape(r.action)),
-        ("resource", escape(r.resource)),
+        ("subject", safe(r.subject if r.subject_type else "-")),
+        ("roles used", safe(", ".join(r.roles) or "-")),
+        ("action", safe(r.action)),
+        ("resource", safe(r.resource)),
         (
             "reasons",
-            escape(", ".join(f"{x.rule} ({x.at})" if x.at else x.rule for x in r.reasons))
+            safe(", ".join(f"{x.rule} ({x.at})" if x.at else x.rule for x in r.reasons))
             or (
                 "default deny: no permit applied"
                 if not r.allowed and not any(d.code in NOT_BY_POLICY for d in r.diagnostics)
@@ -367,12 +354,12 @@ def _print_record(r: DecisionRecord) -> None:
         ),
     ]
     rows += [
-        ("diagnostic", escape(f"[{d.code}] {d.rule_id or ''} {d.message}".replace("  ", " ")))
+        ("diagnostic", safe(f"[{d.code}] {d.rule_id or ''} {d.message}".replace("  ", " ")))
         for d in r.diagnostics
     ]
     rows += [
         ("policy_version", r.policy_version),
-        ("bindings_version", escape(r.bindings_version or "-")),
+        ("bindings_version", safe(r.bindings_version or "-")),
         ("latency", f"{r.latency_us} µs"),
     ]
     for name, value in (
@@ -382,38 +369,16 @@ def _print_record(r: DecisionRecord) -> None:
         ("context", r.context),
     ):
         if value is not None:
-            rows.append((name, escape(json.dumps(value, ensure_ascii=False, sort_keys=True))))
+            rows.append((name, safe(json.dumps(value, ensure_ascii=False, sort_keys=True))))
     if r.resource_ancestors is not None:
-        rows.append(("ancestors", escape(", ".join(r.resource_ancestors) or "-")))
-    rows.append(("chain", escape(f"{r.chain} seq {r.seq}, hash {r.hash[:16]}…")))
+        rows.append(("ancestors", safe(", ".join(r.resource_ancestors) or "-")))
+    rows.append(("chain", safe(f"{r.chain} seq {r.seq}, hash {r.hash[:16]}…")))
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
-
-
-def _print_trace(d: Any) -> None:
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("rule", "where", "effect", "role", "condition", "applied"):
-        table.add_column(col, overflow="fold")
-    for t in d.trace:
-        table.add_row(
-            escape(t.rule_id),
-            escape(t.where),
-            t.effect,
-            escape(t.role or "-"),
-            escape(t.condition),
-            "[bold]yes[/]" if t.applied else "no",
-        )
-    if d.trace:
-        out.print(table)
-    else:
-        out.print("  no candidate rules")
-    for diag in d.diagnostics:
-        text = f"  diagnostic[{diag.code}] {diag.rule_id or ''}: {diag.message}"
-        out.print(escape(text))  # messages quote caller values: no control characters
 
 
 # --- stats --------------------------------------------------------------------------------
@@ -459,7 +424,7 @@ def _print_stats(s: Stats, top: int) -> None:
         table.add_column("", overflow="fold")
         table.add_column("count", justify="right")
         for name, n in ranked(counter, limit):
-            table.add_row(escape(name or "-"), str(n))
+            table.add_row(safe(name or "-"), str(n))
         if counter:
             out.print()
             out.print(table)
@@ -557,8 +522,8 @@ def _tail_line(r: DecisionRecord, as_json: bool) -> None:
     reasons = ", ".join(x.rule for x in r.reasons) or _refusal(r)
     out.print(
         f"{format_time(r.time_us)[:23].replace('T', ' ')} {_verdict(r.allowed)} "
-        f"{escape(_who(r))} {escape(r.action or '-')} {escape(_what(r))}  "
-        f"[dim]{escape(reasons)}  "
+        f"{safe(_who(r))} {safe(r.action or '-')} {safe(_what(r))}  "
+        f"[dim]{safe(reasons)}  "
         f"{r.decision_id}[/]"
     )
 
@@ -578,9 +543,9 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"ok": report.ok, "chains": [c.to_json() for c in report.chains]})
     elif not report.chains:
-        out.print(f"no records in {escape(source.description)}")
+        out.print(f"no records in {safe(source.description)}")
     else:
         for c in report.chains:
-            line = escape(describe(c))
+            line = safe(describe(c))
             out.print(f"[green]{line}[/]" if c.ok else f"[bold red]{line}[/]")
     return EXIT_OK if report.ok else EXIT_ERROR

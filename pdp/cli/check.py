@@ -6,9 +6,6 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
-from rich.table import Table
-
 from pdp.cli.common import (
     EXIT_DENY,
     EXIT_ERROR,
@@ -19,8 +16,10 @@ from pdp.cli.common import (
     load_policies,
     out,
     parse_now,
+    print_explanation,
     print_json,
     read_input,
+    safe,
 )
 from pdp.engine.bindings import Bindings, RoleSource
 from pdp.engine.compile import compile_policy_set
@@ -130,34 +129,11 @@ def run(args: argparse.Namespace) -> int:
 def _explain(subject: str, resource: Any, d: Decision) -> None:
     verdict = "[green]ALLOW[/]" if d.allowed else "[red]DENY[/]"
     out.print(
-        f"{verdict} {escape(subject)} → {escape(d.action)} "
-        f"{escape(resource.type)}/{escape(resource.id)}  "
+        f"{verdict} {safe(subject)} → {safe(d.action)} "
+        f"{safe(resource.type)}/{safe(resource.id)}  "
         f"(policy_version {d.policy_version})"
     )
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("rule", "where", "effect", "role", "condition", "applied"):
-        # Ids and messages wrap rather than being cut when the output is narrow or piped.
-        table.add_column(col, overflow="fold")
-    for t in d.trace:
-        table.add_row(
-            escape(t.rule_id),
-            escape(t.where),
-            t.effect,
-            escape(t.role or "-"),
-            escape(t.condition),
-            "[bold]yes[/]" if t.applied else "no",
-        )
-    if d.trace:
-        out.print(table)
-    else:
-        out.print("  no candidate rules")
-    if d.reasons:
-        kind = "allowed by" if d.allowed else "denied by"
-        out.print(f"  {kind}: " + ", ".join(d.reasons), markup=False)
-    elif not d.allowed:
-        out.print("  denied by default: no permit applied", markup=False)
-    for diag in d.diagnostics:
-        out.print(f"  diagnostic[{diag.code}] {diag.rule_id or ''}: {diag.message}", markup=False)
+    print_explanation(d)
     out.print()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from pdp.lang.errors import PolicyLoadError, render_all
 from pdp.lang.load import LoadResult, load_paths
@@ -78,3 +80,46 @@ def existing_file(text: str) -> str:
     if text != "-" and not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return text
+
+
+# C0 and C1 control characters (ESC, CSI, backspace, ...), and DEL.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(text: str) -> str:
+    """For rich output: markup escaped, control characters shown as `\\xNN`.
+
+    Requests and records hold what callers sent (ids, attributes): printed raw, an
+    escape sequence in a resource id could rewrite the reader's terminal.
+    """
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+
+
+def print_explanation(d: Any) -> None:
+    """A decision explained (`pdp check --explain`, `pdp audit show`): every candidate
+    rule and why it applied or not, what decided, and the diagnostics."""
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in ("rule", "where", "effect", "role", "condition", "applied"):
+        # Ids and messages wrap rather than being cut when the output is narrow or piped.
+        table.add_column(col, overflow="fold")
+    for t in d.trace:
+        table.add_row(
+            safe(t.rule_id),
+            safe(t.where),
+            t.effect,
+            safe(t.role or "-"),
+            safe(t.condition),
+            "[bold]yes[/]" if t.applied else "no",
+        )
+    if d.trace:
+        out.print(table)
+    else:
+        out.print("  no candidate rules")
+    if d.reasons:
+        kind = "allowed by" if d.allowed else "denied by"
+        out.print(safe(f"  {kind}: " + ", ".join(d.reasons)))
+    elif not d.allowed:
+        out.print("  denied by default: no permit applied")
+    for diag in d.diagnostics:
+        rule = f" {diag.rule_id}" if diag.rule_id else ""
+        out.print(safe(f"  diagnostic[{diag.code}]{rule}: {diag.message}"))

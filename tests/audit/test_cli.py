@@ -319,11 +319,12 @@ def test_re_derived_diagnostics_show_control_characters_too(
 ) -> None:
     from types import SimpleNamespace
 
-    from pdp.cli.audit import _print_trace
+    from pdp.cli.common import print_explanation
     from pdp.engine.decision import Diagnostic
 
     message = "`2026\x1b[2J` is not an ISO 8601 time"  # a caller's value, quoted
-    _print_trace(SimpleNamespace(trace=[], diagnostics=[Diagnostic("invalid_value", message)]))
+    d = Diagnostic("invalid_value", message)
+    print_explanation(SimpleNamespace(trace=[], reasons=(), allowed=False, diagnostics=[d]))
     printed = capsys.readouterr().out
     assert "\x1b" not in printed
-    assert "diagnostic[invalid_value] : `2026\\x1b[2J` is not an ISO 8601 time" in printed
+    assert "diagnostic[invalid_value]: `2026\\x1b[2J` is not an ISO 8601 time" in printed
