@@ -470,8 +470,11 @@ class DecisionService:
             return cls.FromString(raw)
         except (DecodeError, RecursionError):
             name = cls.DESCRIPTOR.full_name
+            # protobuf says no more than this; these are the usual reasons.
             raise _Rejected(
-                grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: not a valid {name} message (corrupt bytes, a string that is "
+                "not UTF-8, or attributes nested deeper than protobuf's 100 levels)",
             ) from None
 
     def _batch_items(

@@ -119,14 +119,19 @@ def test_message_size(small: tuple[PdpClient, str]) -> None:
 
 def test_malformed_bytes(small: tuple[PdpClient, str]) -> None:
     _, target = small
-    with grpc.insecure_channel(target) as ch:
-        raw = ch.unary_unary("/pdp.v1.DecisionService/Check")
-        with pytest.raises(grpc.RpcError) as exc:
-            raw(b"\xff\xff\xff\xff", timeout=5)
-    err = exc.value
-    assert isinstance(err, grpc.Call)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.details() == "request: not a valid pdp.v1.CheckRequest message"
+    # Garbage, and a subject id that is not UTF-8 (field 1 holding field 2 = b"\xff").
+    for bad in (b"\xff\xff\xff\xff", b"\x0a\x03\x12\x01\xff"):
+        with grpc.insecure_channel(target) as ch:
+            raw = ch.unary_unary("/pdp.v1.DecisionService/Check")
+            with pytest.raises(grpc.RpcError) as exc:
+                raw(bad, timeout=5)
+        err = exc.value
+        assert isinstance(err, grpc.Call)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details() == (
+            "request: not a valid pdp.v1.CheckRequest message (corrupt bytes, a string "
+            "that is not UTF-8, or attributes nested deeper than protobuf's 100 levels)"
+        )
 
 
 def test_unknown_semantic(small: tuple[PdpClient, str]) -> None:
