@@ -87,6 +87,7 @@ class Reloader:
                 if self._watch and self._roots():
                     return
             return
+        caught_up = False
         for changes in watchfiles.watch(
             *roots,
             watch_filter=self._relevant,
@@ -97,6 +98,15 @@ class Reloader:
             yield_on_timeout=True,
             raise_interrupt=False,
         ):
+            if caught_up is False:
+                # What changed after the files were loaded and before this watch began
+                # sent no event: load once more now that changes are seen (unchanged
+                # files compile from the cache, and nothing is swapped).
+                caught_up = True
+                if self._state.ready:
+                    self._state.reload_policies()
+                    if self._bindings:
+                        self._state.reload_roles()
             if not changes:  # a timeout
                 self._retry_if_not_ready()
                 continue

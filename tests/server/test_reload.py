@@ -273,3 +273,33 @@ def test_a_bindings_file_in_a_configmap_mount_reloads_on_every_update(
     finally:
         client.close()
         server.stop(0.5)
+
+
+def test_edits_before_the_watch_began_are_caught_up(policy_dir: Path, bindings_file: Path) -> None:
+    # Loaded, then edited before the reloader watches: no event will ever come for
+    # these edits, so the reloader loads once more when its watch is in place.
+    from pdp.server.reload import Reloader
+    from pdp.server.roles import BindingsFileBackend
+    from pdp.server.state import ServingState
+
+    state = ServingState(str(policy_dir), "", BindingsFileBackend(bindings_file))
+    assert state.load_all() and state.snapshot is not None
+    policy, roles = state.snapshot.policy.version, state.snapshot.roles.version()
+    docs = policy_dir / "docs.pdp"
+    docs.write_text(docs.read_text() + "\n# edited\n", encoding="utf-8")
+    bindings_file.write_text(bindings_file.read_text() + "\n# edited\n", encoding="utf-8")
+    reloader = Reloader(state, retry_seconds=0.2)
+    reloader.start()
+    try:
+        snap = wait_for(
+            lambda: (
+                (s := state.snapshot) is not None
+                and s.policy.version != policy
+                and s.roles.version() != roles
+                and s
+            ),
+            what="the edits to be loaded",
+        )
+        assert snap.policy_files == 3
+    finally:
+        reloader.stop()
