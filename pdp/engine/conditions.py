@@ -53,15 +53,20 @@ def _checked(expr: ast.Expr, what: str) -> Condition:
         isinstance(expr, ast.Literal) and isinstance(expr.value, bool)
     ):
         return f
-    return _boolean(f, what)
+    return _boolean(f, what, _source(expr))
 
 
-def _boolean(f: Condition, what: str) -> Condition:
+def _source(e: ast.Expr) -> ast.Path | None:
+    """The attribute a value comes from, to name in a type error (None: not a path)."""
+    return e if isinstance(e, ast.Path) else None
+
+
+def _boolean(f: Condition, what: str, source: ast.Path | None = None) -> Condition:
     def check(env: Env) -> bool:
         v = f(env)
         if v is True or v is False:
             return v
-        raise type_error(f"{what} must be true or false", v)
+        raise type_error(f"{what} must be true or false", v, source)
 
     return check
 
@@ -116,9 +121,9 @@ def _compile(e: ast.Expr) -> Condition:
         case ast.Path():
             return _path(e)
         case ast.Not(operand=op):
-            return _not(_compile(op))
+            return _not(_compile(op), _source(op))
         case ast.BoolOp(op=op, operands=operands):
-            return _boolop(op, [_compile(o) for o in operands])
+            return _boolop(op, [_compile(o) for o in operands], [_source(o) for o in operands])
         case ast.Has(target=target, attr=attr):
             return _has(target, attr)
         case ast.Compare(op=op, left=left, right=right):
@@ -128,7 +133,7 @@ def _compile(e: ast.Expr) -> Condition:
     raise AssertionError(f"unknown expression {e!r}")
 
 
-def _not(f: Condition) -> Condition:
+def _not(f: Condition, source: ast.Path | None = None) -> Condition:
     if isinstance(f, _Const) and isinstance(f.value, bool):
         return _Const(not f.value)
 
@@ -138,12 +143,12 @@ def _not(f: Condition) -> Condition:
             return False
         if v is False:
             return True
-        raise type_error("`not` needs a bool", v)
+        raise type_error("`not` needs a bool", v, source)
 
     return not_
 
 
-def _boolop(op: str, parts: list[Condition]) -> Condition:
+def _boolop(op: str, parts: list[Condition], sources: list[ast.Path | None]) -> Condition:
     stop = op == "or"  # `or` stops at the first True, `and` at the first False
     what = f"`{op}` needs bools"
 
@@ -155,21 +160,21 @@ def _boolop(op: str, parts: list[Condition]) -> Condition:
             if v is stop:
                 return stop
             if v is not (not stop):
-                raise type_error(what, v)
+                raise type_error(what, v, sources[0])
             w = b(env)
             if w is True or w is False:
                 return w
-            raise type_error(what, w)
+            raise type_error(what, w, sources[1])
 
         return two
 
     def many(env: Env) -> bool:
-        for p in parts:
+        for p, source in zip(parts, sources, strict=True):
             v = p(env)
             if v is stop:
                 return stop
             if v is not (not stop):
-                raise type_error(what, v)
+                raise type_error(what, v, source)
         return not stop
 
     return many

@@ -37,5 +37,8 @@ def a_type(v: object) -> str:
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
-def type_error(what: str, v: object) -> EvalError:
-    return EvalError("type_error", f"{what}, got {a_type(v)}")
+def type_error(what: str, v: object, source: object = None) -> EvalError:
+    """`what` was needed and `v` came; `source`, when given, is where it came from (an
+    attribute path), so that the policy author sees which attribute held it."""
+    came = f" from `{source}`" if source is not None else ""
+    return EvalError("type_error", f"{what}, got {a_type(v)}{came}")

@@ -444,11 +444,26 @@ def test_and_or_short_circuit_left_to_right() -> None:
             "resource.flag",
             {"flag": 1},
             "type_error",
-            "a `when` condition must be true or false, got an int",
+            "a `when` condition must be true or false, got an int from `resource.flag`",
         ),
-        ("resource.a and true", {"a": 1}, "type_error", "`and` needs bools, got an int"),
-        ("resource.a or true", {"a": "x"}, "type_error", "`or` needs bools, got a string"),
-        ("not resource.a", {"a": []}, "type_error", "`not` needs a bool, got a list"),
+        (
+            "resource.a and true",
+            {"a": 1},
+            "type_error",
+            "`and` needs bools, got an int from `resource.a`",
+        ),
+        (
+            "resource.a or true",
+            {"a": "x"},
+            "type_error",
+            "`or` needs bools, got a string from `resource.a`",
+        ),
+        (
+            "not resource.a",
+            {"a": []},
+            "type_error",
+            "`not` needs a bool, got a list from `resource.a`",
+        ),
         ("resource.a < 1", {"a": "x"}, "type_error", "`<` cannot compare a string with an int"),
         (
             "resource.a < resource.b",
@@ -504,7 +519,9 @@ def test_unless_that_is_not_a_bool() -> None:
         "  permit any to read unless 1 == resource.a or resource.b\n}\n"
     )
     d = check(policy, request(resource={"a": 2, "b": "no"}))
-    assert [x.message for x in d.diagnostics] == ["`or` needs bools, got a string"]
+    assert [x.message for x in d.diagnostics] == [
+        "`or` needs bools, got a string from `resource.b`"
+    ]
 
 
 def test_builtin_attributes_and_action_properties() -> None:
@@ -695,7 +712,7 @@ def test_explain_shows_errors_and_matches_the_plain_decision(docs: Any) -> None:
             "permit",
             "test.pdp:14",
             "any",
-            "error: `and` needs bools, got an int",
+            "error: `and` needs bools, got an int from `resource.public`",
             False,
         ),
         RuleTrace("viewer-read", "permit", "test.pdp:10", "viewer", "none", True),
@@ -790,7 +807,7 @@ def test_decision_json_shape(docs: Any) -> None:
     assert e.to_json()["diagnostics"] == [
         {
             "code": "type_error",
-            "message": "`and` needs bools, got a string",
+            "message": "`and` needs bools, got a string from `resource.public`",
             "rule_id": "public-read",
         }
     ]
