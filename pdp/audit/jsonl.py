@@ -222,7 +222,9 @@ class JsonlSink:
             self._open(chain)
             return self._find_head()
         except OSError as exc:
-            self._close_files()
+            # The files are opened again on the next try; the lock is kept, or another
+            # process could start writing this chain meanwhile.
+            self._close_files(keep_lock=True)
             raise SinkError(f"audit log {self.directory}: {_reason(exc)}") from None
 
     def write_batch(self, records: Sequence[DecisionRecord], lines: Sequence[str]) -> None:
@@ -394,14 +396,16 @@ class JsonlSink:
                 pass
             self._fd = None
 
-    def _close_files(self) -> None:
-        for fd in (self._fd, self._head_fd, self._lock_fd):
+    def _close_files(self, keep_lock: bool = False) -> None:
+        for fd in (self._fd, self._head_fd, None if keep_lock else self._lock_fd):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self._fd = self._head_fd = self._lock_fd = None
+        self._fd = self._head_fd = None
+        if not keep_lock:
+            self._lock_fd = None
 
 
 def _open_segment(path: Path) -> int:

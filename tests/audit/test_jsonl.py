@@ -297,3 +297,26 @@ def test_following_reads_each_record_once_when_its_listing_predates_a_rotation(
     w.close()
     got = [getattr(item, "decision_id", str(item)) for item in follower]
     assert got == [f"d-{i:05d}" for i in range(1, 9)]
+
+
+def test_a_failed_head_keeps_the_chain_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = JsonlSink(tmp_path)
+    assert sink.head("host") is None
+
+    def unreadable(self: JsonlSink) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(JsonlSink, "_find_head", unreadable)
+    with pytest.raises(SinkError, match="Input/output error"):
+        sink.head("host")
+    monkeypatch.undo()
+    # Meanwhile no other writer may take the chain.
+    with pytest.raises(SinkError, match="being written by another process"):
+        JsonlSink(tmp_path).head("host")
+    assert sink.head("host") is None  # and the first one carries on
+    sink.close()
+    other = JsonlSink(tmp_path)
+    assert other.head("host") is None
+    other.close()
