@@ -243,6 +243,7 @@ class JsonlSink:
                 # Leave no half batch behind: it will not be acknowledged.
                 try:
                     os.ftruncate(self._fd, start)
+                    os.fsync(self._fd)  # else a crash could bring the cut lines back
                 except OSError:
                     self._fd_broken()
                 raise
