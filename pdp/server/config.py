@@ -823,19 +823,25 @@ def read_file(path: str | Path) -> dict[str, object]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from None
     flat: dict[str, object] = {}
-    _flatten(data, "", flat, name)
+    unknown: list[str] = []
+    _flatten(data, "", flat, unknown)
+    if unknown:  # every one at once: a file is fixed in one go, not one run per key
+        raise ConfigError("\n".join(f"{name}: {k}: {_unknown(k)}" for k in unknown))
     return flat
 
 
-def _flatten(data: Mapping[str, Any], prefix: str, out: dict[str, object], source: str) -> None:
+def _flatten(
+    data: Mapping[str, Any], prefix: str, out: dict[str, object], unknown: list[str]
+) -> None:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and dotted not in KEYS_BY_NAME:
             if not any(k.startswith(dotted + ".") for k in KEYS_BY_NAME):
-                raise ConfigError(f"{source}: {dotted}: {_unknown(dotted)}")
-            _flatten(value, dotted + ".", out, source)
+                unknown.append(dotted)
+            else:
+                _flatten(value, dotted + ".", out, unknown)
         elif dotted not in KEYS_BY_NAME:
-            raise ConfigError(f"{source}: {dotted}: {_unknown(dotted)}")
+            unknown.append(dotted)
         else:
             out[dotted] = value
 

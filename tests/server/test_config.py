@@ -106,6 +106,17 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -
     assert str(exc.value) == f"{path}: {message}"
 
 
+def test_every_unknown_key_of_a_file_is_named_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nmax_bach = 1\nmax_dept = 2\n[nope]\nx = 1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={})
+    assert str(exc.value).splitlines() == [
+        f"{path}: limits.max_bach: unknown setting; did you mean `limits.max_batch`?",
+        f"{path}: limits.max_dept: unknown setting; did you mean `limits.max_depth`?",
+        f"{path}: nope: unknown setting",
+    ]
+
+
 def test_not_toml(tmp_path: Path) -> None:
     path = write(tmp_path, "listen = \n")
     with pytest.raises(ConfigError, match=r"pdp.toml: not valid TOML: .*line 1"):
