@@ -71,7 +71,12 @@ def run(args: argparse.Namespace) -> int:
                         "file": s.path,
                         "error": s.error,
                         "cases": [
-                            {"name": c.name, "passed": c.passed, "message": c.message}
+                            {
+                                "name": c.name,
+                                "passed": c.passed,
+                                "message": c.message,
+                                "line": c.line,
+                            }
                             for c in s.cases
                         ],
                     }
@@ -87,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             out.print(f"    [red]suite error[/]: {escape(s.error)}")
         for c in s.cases:
             if not c.passed:
-                out.print(f"    [red]FAIL[/] {escape(c.name)}: {escape(c.message)}")
+                at = f" ({s.path}:{c.line})" if c.line is not None else ""
+                out.print(f"    [red]FAIL[/] {escape(c.name)}{escape(at)}: {escape(c.message)}")
     summary = (
         f"{len(results)} suite(s), {cases} case(s): {cases - failed_cases} passed, "
         f"{failed_cases} failed" + (f", {broken} suite(s) could not run" if broken else "")

@@ -54,6 +54,7 @@ class CaseResult:
     passed: bool
     message: str = ""
     seconds: float = 0.0
+    line: int | None = None  # where the case starts in its suite file
 
 
 @dataclass
@@ -101,7 +102,8 @@ def run_suite(
     """Run one suite file; a malformed suite is reported as the suite's error."""
     result = SuiteResult(str(path), path.name)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
         if not isinstance(data, Mapping):
             raise SuiteError("a suite must be a mapping with `cases`")
         _no_unknown_keys(data, SUITE_KEYS, "")
@@ -130,10 +132,11 @@ def run_suite(
         cases = data.get("cases") or []
         if not isinstance(cases, list):
             raise SuiteError("`cases` must be a list")
+        lines = _case_lines(text)
         for i, case in enumerate(cases):
-            result.cases.append(
-                _run_case(result.name, i, case, policy, bindings, now, subjects, resources)
-            )
+            done = _run_case(result.name, i, case, policy, bindings, now, subjects, resources)
+            done.line = lines[i] if i < len(lines) else None
+            result.cases.append(done)
     except yaml.MarkedYAMLError as exc:
         result.error = _yaml_problem(exc)
     except (SuiteError, DocumentError, yaml.YAMLError, OSError) as exc:
@@ -153,6 +156,16 @@ SUITE_KEYS = (
     "expect_errors",
 )
 CASE_KEYS = ("name", "subject", "resource", "context", "action_properties", "expect", "reasons")
+
+
+def _case_lines(text: str) -> list[int]:
+    """The line (from 1) where each of a suite's `cases` starts, for failures to point at."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if key.value == "cases" and isinstance(value, yaml.SequenceNode):
+                return [item.start_mark.line + 1 for item in value.value]
+    return []
 
 
 def _no_unknown_keys(data: Mapping[Any, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -342,6 +355,9 @@ def junit_xml(results: list[SuiteResult]) -> str:
             tc = ET.SubElement(
                 el, "testcase", name=case.name, classname=suite.name, time=f"{case.seconds:.6f}"
             )
+            if case.line is not None:  # read by CI systems that annotate files
+                tc.set("file", suite.path)
+                tc.set("line", str(case.line))
             if not case.passed:
                 ET.SubElement(tc, "failure", message=case.message).text = case.message
     ET.indent(root)

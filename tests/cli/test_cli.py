@@ -472,11 +472,17 @@ def test_test_failing_with_junit_and_json(
     junit.parent.mkdir()
     code, out, _ = run(capsys, "test", project / "policies", "--junit", junit)
     assert code == 1
-    assert "    FAIL alice reads: update: expected allow, got deny (no rule applied)" in out
+    suite_file = project / "policies" / "docs.test.yaml"
+    assert (
+        f"    FAIL alice reads ({suite_file}:9): update: expected allow, got deny "
+        "(no rule applied)" in out
+    )
     assert out.splitlines()[-1] == "1 suite(s), 1 case(s): 0 passed, 1 failed"
     root = ET.parse(junit).getroot()
     (suite,) = list(root)
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("1", "1", "0")
+    (case,) = list(suite)
+    assert (case.get("file"), case.get("line")) == (str(suite_file), "9")
 
     code, out, _ = run(capsys, "test", "--json", project / "policies")
     assert code == 1
@@ -487,6 +493,7 @@ def test_test_failing_with_junit_and_json(
             "name": "alice reads",
             "passed": False,
             "message": "update: expected allow, got deny (no rule applied)",
+            "line": 9,
         }
     ]
 
