@@ -77,11 +77,15 @@ def visible_files(root: Path, suffix: str) -> list[Path]:
     Hidden entries are editors' lock and backup files, version-control data, and the
     `..data` / `..2026_...` directories of a Kubernetes ConfigMap mount, whose files are
     also linked at the top: read both and every declaration would appear twice.
+
+    A link whose target is gone is kept, so that reading it fails loudly: skipped, a
+    file of forbids would be dropped from the policies without a word.
     """
     return sorted(
         f
         for f in root.rglob(f"*{suffix}")
-        if not any(part.startswith(".") for part in f.relative_to(root).parts) and f.is_file()
+        if not any(part.startswith(".") for part in f.relative_to(root).parts)
+        and (f.is_file() or (f.is_symlink() and not f.exists()))
     )
 
 

@@ -303,3 +303,16 @@ def test_edits_before_the_watch_began_are_caught_up(policy_dir: Path, bindings_f
         assert snap.policy_files == 3
     finally:
         reloader.stop()
+
+
+def test_a_policy_file_whose_link_is_broken_fails_the_reload(running: Running) -> None:
+    # Skipped, the file's rules (its forbids too) would vanish without a word.
+    client = running.client
+    good = version(client)
+    docs = running.policy_dir / "docs.pdp"
+    docs.unlink()
+    docs.symlink_to(running.policy_dir / "gone" / "docs.pdp")
+    info = wait_for(lambda: failed_reload(client), what="the failed reload")
+    assert info.policy_version == good and info.last_reload.what == "policies"
+    assert "docs.pdp" in info.last_reload.errors[0]
+    assert client.check(ALICE, "read", DOC).policy_version == good
