@@ -108,7 +108,13 @@ def errors_to_json(errors: Iterable[PolicyError]) -> str:
     return json.dumps([e.to_json() for e in errors], indent=2)
 
 
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to `name`, if one is close enough to be a likely typo."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A `help:` text suggesting the closest candidate, if one is close enough."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+    match = closest(name, candidates)
+    return f"did you mean `{match}`?" if match else None

@@ -13,7 +13,7 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from pdp.lang.errors import PolicyError
+from pdp.lang.errors import PolicyError, closest, did_you_mean
 from pdp.lang.source import SourceFile, SourceLoc
 
 MAX_FILE_BYTES = 1_000_000
@@ -37,10 +37,21 @@ _EXPRESSION_NODES = frozenset(
 _STATEMENT_KEYWORDS = frozenset(("role", "derived", "resource", "actions", "permit", "forbid"))
 
 # Lines where a declaration or rule starts: error recovery resumes at the next one.
-_SYNC = re.compile(r"^[ \t]*(role\b|derived\b|resource\b|permit\b|forbid\b|@|\})", re.M)
+# (`resource.x` at the start of a line goes on a condition.)
+_SYNC = re.compile(r"^[ \t]*(role\b|derived\b|resource\b(?!\.)|permit\b|forbid\b|@|\})", re.M)
 _RULE_START = re.compile(r"^[ \t]*(permit\b|forbid\b|@)", re.M)
-_TOP_START = re.compile(r"^[ \t]*(role\b|derived\b|resource\b)", re.M)
+_TOP_START = re.compile(r"^[ \t]*(role\b|derived\b|resource\b(?!\.))", re.M)
 _RESOURCE_HEADER = re.compile(r"^[ \t]*resource\b[^{}]*\{[ \t]*(#.*)?$")
+# A block's first line, its keyword perhaps misspelled; a `resource` header missing its `{`.
+_BLOCK_OPEN = re.compile(r"^[^{}\"#]*\{[ \t]*(#.*)?$")
+_HEADER_WITHOUT_BRACE = re.compile(r"^[ \t]*resource[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*(#.*)?$")
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+_WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# Brackets outside strings and comments; a string may stop unclosed at the end of its line.
+_BRACKET = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[()\[\]{}]')
+_CLOSER = {"(": ")", "[": "]", "{": "}"}
+_OPENER = {v: k for k, v in _CLOSER.items()}
 
 
 @cache
@@ -107,7 +118,8 @@ def parse(src: SourceFile) -> tuple[Tree[Token] | None, list[PolicyError]]:
         try:
             tree = parser().parse(text)
         except UnexpectedInput as exc:
-            err = _syntax_error(src, exc)
+            unclosed = _unclosed(src, text, exc)
+            err = unclosed[0] if unclosed else _syntax_error(src, text, exc)
             assert err.loc is not None
             # After a first error, running off the end is almost always its echo.
             cascade = errors and err.code == "unexpected_end"
@@ -116,10 +128,13 @@ def parse(src: SourceFile) -> tuple[Tree[Token] | None, list[PolicyError]]:
                 seen.add((err.loc.line, err.code))
             if isinstance(exc, UnexpectedEOF) or len(errors) >= MAX_ERRORS_PER_FILE:
                 break
-            # An unfinished statement is found only at the keyword that starts the next
-            # one; skip the unfinished one, which ends on the line before.
-            at = err.loc if err.code != "unfinished" else _line_before(err.loc)
-            blanked = _skip_statement(text, at)
+            if unclosed:
+                blanked = unclosed[1]
+            else:
+                # An unfinished statement is found only at the keyword that starts the next
+                # one; skip the unfinished one, which ends on the line before.
+                at = err.loc if err.code != "unfinished" else _line_before(err.loc)
+                blanked = _skip_statement(text, at)
             if blanked == text:
                 break
             text = blanked
@@ -193,7 +208,8 @@ def _too_deep(src: SourceFile, tree: Tree[Token]) -> PolicyError | None:
     return None
 
 
-def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
+def _syntax_error(src: SourceFile, text: str, exc: UnexpectedInput) -> PolicyError:
+    """The error for what the parser rejected; `text` is what it read (`src` blanked in parts)."""
     line = max(exc.line, 1) if exc.line is not None and exc.line > 0 else 1
     column = max(exc.column, 1) if exc.column is not None and exc.column > 0 else 1
     source_line = src.line_text(line)
@@ -209,11 +225,13 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
                 help='close it with `"`; write `\\"` for a quote inside a string',
                 source_line=source_line,
             )
+        # `=` is no operator at all, so the lexer stops before any parser rule could say so.
+        equals = ch == "=" and "COMP_OP" in (exc.allowed or ())
         return PolicyError(
             "unexpected_character",
             f"unexpected character `{ch}`" if ch.isprintable() else "unexpected character",
             loc,
-            help=_expected_help(exc.allowed),
+            help="to compare, write `==`" if equals else _expected_help(exc.allowed),
             source_line=source_line,
         )
     if isinstance(exc, UnexpectedEOF):
@@ -242,6 +260,9 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
         )
     if token.type == "$END":
         return _unexpected_end(src, _accepts(exc))
+    typo = _misspelled_keyword(src, text, exc)
+    if typo is not None:
+        return typo
     width = len(str(token)) if "\n" not in str(token) else 1
     if token.type == "NAME" and str(token) in ("permit", "forbid") and "RESOURCE" in exc.expected:
         return PolicyError(
@@ -252,11 +273,14 @@ def _syntax_error(src: SourceFile, exc: UnexpectedInput) -> PolicyError:
             source_line=source_line,
         )
     loc = SourceLoc(src.name, line, column, line, column + width)
+    accepts = set(_accepts(exc))
+    # Only `resource NAME` takes a `{`; name it, as it may be lines above.
+    brace = accepts == {"LBRACE"} and prev is not None
     return PolicyError(
         "unexpected_token",
         f"unexpected {_describe_token(token)}",
         loc,
-        help=_expected_help(_accepts(exc)),
+        help=f"expected `{{` after `resource {prev}`" if brace else _expected_help(accepts),
         source_line=source_line,
     )
 
@@ -268,6 +292,138 @@ def _accepts(exc: UnexpectedToken) -> Iterable[str]:
     except Exception:  # the interactive parser may be gone; fall back to the coarse set
         accepts = None
     return accepts or exc.expected
+
+
+def _unclosed(src: SourceFile, text: str, exc: UnexpectedInput) -> tuple[PolicyError, str] | None:
+    """A bracket never closed, found where a later line cannot go on inside it.
+
+    The parser notices a missing `)` or `}` only at the next statement, and would fail
+    the same way at every statement after it: report the bracket, once, and skip what
+    it swallowed. Returns the error and the text to parse next.
+    """
+    if not isinstance(exc, UnexpectedToken) or exc.token.type == "$END":
+        return None
+    token = exc.token
+    pos = token.start_pos or 0
+    if text[text.rfind("\n", 0, pos) + 1 : pos].strip():
+        return None  # within a line, the mistake is more likely right there
+    # Recovery blanks text: a bracket whose closer it blanked is not the author's mistake.
+    unclosed = set(_unclosed_brackets(text)) & set(_unclosed_brackets(src.text))
+    before = sorted(i for i in unclosed if i < pos)
+    if not before:
+        return None
+    # INVARIANT: the text before `pos` parsed, so the parser is inside every bracket in `before`.
+    at = before[-1]
+    bracket, closer = text[at], _CLOSER[text[at]]
+    if f"`{closer}`" not in {_terminal_words(t) for t in _accepts(exc)}:
+        return None
+    loc = src.loc_at(at)
+    where = f"{src.name}:{token.line}:{token.column}"
+    error = PolicyError(
+        "unclosed",
+        f"`{bracket}` is not closed",
+        loc,
+        help=f"expected `{closer}` before {_describe_token(token)} at {where}",
+        source_line=src.line_text(loc.line),
+    )
+    if bracket == "{":
+        # The block ends where the statement that failed starts; keep that statement.
+        return error, _blank_lines(text, loc.line - 1, (token.line or loc.line) - 1)
+    return error, _skip_statement(text, loc)
+
+
+def _unclosed_brackets(text: str) -> list[int]:
+    """Offsets of the brackets that no later bracket of their kind closes."""
+    opened: dict[str, list[int]] = {"(": [], "[": [], "{": []}
+    for m in _BRACKET.finditer(text):
+        ch = m.group()
+        if ch in opened:
+            opened[ch].append(m.start())
+        elif ch in _OPENER and opened[_OPENER[ch]]:
+            opened[_OPENER[ch]].pop()
+    return sorted(i for offsets in opened.values() for i in offsets)
+
+
+def _misspelled_keyword(src: SourceFile, text: str, exc: UnexpectedToken) -> PolicyError | None:
+    """A close misspelling of a keyword valid there, at the unexpected token or just before.
+
+    The lexer reads `permitt` as `permit` and a name `t`, so the parser stumbles only at
+    the next word: look at the whole word around each of the two tokens.
+    """
+    keywords = _keywords()
+    every = {k for ks in keywords.values() for k in ks}
+    failed_at = exc.token.start_pos or 0
+    # At the first token of a file, lark's history holds None.
+    previous = [t for t in (exc.token_history or [])[-1:] if t is not None]
+    for token in (exc.token, *previous):
+        start, word = _word_at(text, token.start_pos or 0)
+        # A keyword can be a typo too: `action` for `actions`.
+        if not _NAME.fullmatch(word) or closest(word, every - {word}) is None:
+            continue
+        # Where the parser failed, any keyword it accepts gets it further.
+        here = start == failed_at
+        accepted = _accepts(exc) if here else _accepted_at(text, start)
+        keyword = closest(word, [k for t in accepted for k in keywords.get(t, ()) if k != word])
+        # A misspelling is about as long as the word (`timeresource` is a missing `(`).
+        if not keyword or abs(len(keyword) - len(word)) > 2:
+            continue
+        # A name may stand where a keyword could (`anyone` for `any`): suggest the keyword
+        # only if it gets the parser past the spot where it failed.
+        if here or _gets_further(text, start, word, keyword, failed_at):
+            loc = src.loc_at(start, len(word))
+            return PolicyError(
+                "unexpected_token",
+                f"unexpected {_describe_token(Token('NAME', word))}",
+                loc,
+                help=did_you_mean(word, [keyword]),
+                source_line=src.line_text(loc.line),
+            )
+    return None
+
+
+@cache
+def _keywords() -> dict[str, tuple[str, ...]]:
+    """Terminal name → the keywords it matches."""
+    plain = {
+        t.name: (t.pattern.value,)
+        for t in parser().terminals
+        if t.pattern.type == "str" and t.pattern.value.isalpha()
+    }
+    return {**plain, "EFFECT": ("permit", "forbid")}
+
+
+def _word_at(text: str, pos: int) -> tuple[int, str]:
+    """The start and text of the whole word around `pos`, which a token may be part of."""
+    start = end = pos
+    while start > 0 and text[start - 1] in _WORD_CHARS:
+        start -= 1
+    while end < len(text) and text[end] in _WORD_CHARS:
+        end += 1
+    return start, text[start:end]
+
+
+def _accepted_at(text: str, offset: int) -> set[str]:
+    """The terminals the parser accepts at `offset`, the text before it being valid."""
+    interactive = parser().parse_interactive(text[:offset])
+    try:
+        interactive.exhaust_lexer()
+    except UnexpectedInput:
+        return set()
+    return set(interactive.accepts())  # type: ignore[no-untyped-call]  # unannotated in lark
+
+
+def _gets_further(text: str, start: int, word: str, keyword: str, failed_at: int) -> bool:
+    """Whether the parser gets past `failed_at` once `word` at `start` reads `keyword`."""
+    fixed = text[:start] + keyword + text[start + len(word) :]
+    past = max(failed_at + len(keyword) - len(word), start)  # `start`: the keyword must be fed
+    try:
+        # Tokens come before they are fed: one beyond `past` means all up to it were taken.
+        for token in parser().parse_interactive(fixed).iter_parse():
+            if (token.start_pos or 0) > past:
+                return True
+    except UnexpectedInput:
+        return False
+    return True
 
 
 def _unexpected_end(src: SourceFile, expected: Iterable[str] | None) -> PolicyError:
@@ -282,7 +438,7 @@ def _unexpected_end(src: SourceFile, expected: Iterable[str] | None) -> PolicyEr
 
 
 def _describe_token(token: Token) -> str:
-    if token.type == "NAME":
+    if token.type == "NAME" and not any(str(token) in ks for ks in _keywords().values()):
         return f"name `{token}`"
     if token.type == "STRING":
         return f"string {token}"
@@ -322,7 +478,8 @@ def _skip_statement(text: str, loc: SourceLoc) -> str:
     for j in range(err, -1, -1):
         if lines[j].strip().startswith("}") and j != err:
             break
-        if _RULE_START.match(lines[j]) or _TOP_START.match(lines[j]):
+        header = j == err and _BLOCK_OPEN.match(lines[j])  # say, `resourc doc {`
+        if header or _RULE_START.match(lines[j]) or _TOP_START.match(lines[j]):
             # Keep a `resource X {` header that parsed, so that its block still closes.
             header_ok = j != err and _RESOURCE_HEADER.match(lines[j])
             while not header_ok and j > 0 and lines[j - 1].lstrip().startswith("@"):
@@ -330,7 +487,9 @@ def _skip_statement(text: str, loc: SourceLoc) -> str:
             start = j + 1 if header_ok else j
             break
     end = len(lines)
-    closing = _RESOURCE_HEADER.match(lines[start]) is not None if start < len(lines) else False
+    # A broken header is skipped with its block, whose lines and `}` would fail one by one.
+    first = lines[start] if start < len(lines) else ""
+    closing = bool(_BLOCK_OPEN.match(first) or _HEADER_WITHOUT_BRACE.match(first))
     for k in range(err + 1, len(lines)):
         if closing and lines[k].startswith("}"):
             end = k + 1
@@ -340,6 +499,12 @@ def _skip_statement(text: str, loc: SourceLoc) -> str:
             break
     if start >= end:
         start, end = err, err + 1
+    return _blank_lines(text, start, end)
+
+
+def _blank_lines(text: str, start: int, end: int) -> str:
+    """Blank out lines `start` to `end` (0-based, end excluded), keeping every position."""
+    lines = text.split("\n")
     blanked = [re.sub(r"\S", " ", line) for line in lines[start:end]]
     return "\n".join(lines[:start] + blanked + lines[end:])
 

@@ -75,6 +75,96 @@ GOLDEN = [
         id="unexpected_end",
     ),
     pytest.param(
+        ("role viewer\nresource doc {\n  actions read\n  permit viewer to read unles true\n}\n"),
+        [
+            "docs.pdp:4:25: error[unexpected_token]: unexpected name `unles`",
+            "      permit viewer to read unles true",
+            "                            ^^^^^",
+            "  help: did you mean `unless`?",
+        ],
+        id="unexpected_token_misspelled_keyword",
+    ),
+    pytest.param(
+        # The lexer reads `permit` and a name `t`; the parser stumbles only at `viewer`.
+        ("role viewer\nresource doc {\n  actions read\n  permitt viewer to read\n}\n"),
+        [
+            "docs.pdp:4:3: error[unexpected_token]: unexpected name `permitt`",
+            "      permitt viewer to read",
+            "      ^^^^^^^",
+            "  help: did you mean `permit`?",
+        ],
+        id="unexpected_token_misspelled_keyword_before",
+    ),
+    pytest.param(
+        (
+            "resource doc\n"
+            "  actions read\n"
+            "  permit any to read\n"
+            "}\n"
+            "resource folder {\n"
+            "  actions list\n"
+            "}\n"
+        ),
+        [
+            "docs.pdp:2:3: error[unexpected_token]: unexpected `actions`",
+            "      actions read",
+            "      ^^^^^^^",
+            "  help: expected `{` after `resource doc`",
+        ],
+        id="unexpected_token_missing_brace",
+    ),
+    pytest.param(
+        (
+            "resource doc {\n"
+            "  actions read\n"
+            "  permit any to read when resource.owner = subject.id\n"
+            "}\n"
+        ),
+        [
+            "docs.pdp:3:42: error[unexpected_character]: unexpected character `=`",
+            "      permit any to read when resource.owner = subject.id",
+            "                                             ^",
+            "  help: to compare, write `==`",
+        ],
+        id="unexpected_character_equals",
+    ),
+    pytest.param(
+        (
+            "role viewer\n"
+            "resource doc {\n"
+            "  actions read, update\n"
+            "  permit viewer to read when (resource.public\n"
+            "\n"
+            "  permit viewer to update\n"
+            "  forbid any to update\n"
+            "}\n"
+        ),
+        [
+            "docs.pdp:4:30: error[unclosed]: `(` is not closed",
+            "      permit viewer to read when (resource.public",
+            "                                 ^",
+            "  help: expected `)` before `permit` at docs.pdp:6:3",
+        ],
+        id="unclosed",
+    ),
+    pytest.param(
+        (
+            "resource doc {\n"
+            "  actions read\n"
+            "  permit any to read\n"
+            "resource folder {\n"
+            "  actions list\n"
+            "}\n"
+        ),
+        [
+            "docs.pdp:1:14: error[unclosed]: `{` is not closed",
+            "    resource doc {",
+            "                 ^",
+            "  help: expected `}` before `resource` at docs.pdp:4:1",
+        ],
+        id="unclosed_brace",
+    ),
+    pytest.param(
         (
             "role viewer\n"
             "role editor : viewer\n"
@@ -589,6 +679,7 @@ def test_every_documented_code_has_a_golden_text() -> None:
         "unexpected_end",
         "unterminated_string",
         "unfinished",
+        "unclosed",
         "invalid_escape",
         "invalid_number",
         "invalid_encoding",

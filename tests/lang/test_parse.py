@@ -557,3 +557,120 @@ def test_many_broken_rules_are_capped() -> None:
     result = load("role r\nresource doc {\n  actions read\n" + body + "}\n")
     assert 1 < len(result.errors) <= 50
     assert {e.code for e in result.errors} == {"unexpected_character"}
+
+
+# --- misspelled keywords, `=`, unclosed brackets ------------------------------------
+
+HEAD = "role r\nresource doc {\n  actions read\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "where", "help"),
+    [
+        ("  permit r to read whenn resource.a", (4, 20), "did you mean `when`?"),
+        ("  permit r tox read", (4, 12), "did you mean `to`?"),
+        ("  forbidd any to read", (4, 3), "did you mean `forbid`?"),
+        ("  action read", (4, 3), "did you mean `actions`?"),
+        ('  permit r to read when subjet.id == "a"', (4, 25), "did you mean `subject`?"),
+        ("  permit r to read when nott resource.a", (4, 25), "did you mean `not`?"),
+        ("  permit r to read when resource.a adn resource.b", (4, 36), "did you mean `and`?"),
+    ],
+)
+def test_a_misspelled_keyword_is_named_with_a_suggestion(
+    line: str, where: tuple[int, int], help: str
+) -> None:
+    (error,) = load(HEAD + line + "\n}\n").errors
+    assert error.loc is not None and (error.loc.line, error.loc.column) == where
+    assert error.help == help
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["rolee viewer\n", "derive role x on doc when true\nresource doc { actions a }\n"],
+)
+def test_a_misspelled_declaration_keyword(text: str) -> None:
+    (error,) = load(text).errors
+    assert error.help in ("did you mean `role`?", "did you mean `derived`?")
+    assert error.loc is not None and error.loc.column == 1
+
+
+def test_a_name_where_a_keyword_could_stand_is_not_called_a_typo() -> None:
+    # `anyone` is close to `any`, but `any read` is no better: `to` is what is missing.
+    (error,) = load("role anyone\n" + HEAD[7:] + "  permit anyone read\n}\n").errors
+    assert error.help == "expected one of: `,`, `to`"
+
+
+def test_a_name_that_merely_contains_a_keyword_gets_no_suggestion() -> None:
+    (error,) = load(HEAD + "  permit r to read when now() < timeresource.x)\n}\n").errors
+    assert error.message == "unexpected `.`" and error.help == "expected `(`"
+
+
+def test_a_misspelled_resource_header_is_one_error() -> None:
+    text = "resourcee doc {\n  actions read\n  permit any to read\n}\nrole r\n"
+    assert [(e.loc.line if e.loc else 0, e.help) for e in load(text).errors] == [
+        (1, "did you mean `resource`?")
+    ]
+
+
+def test_equals_in_a_derived_role_suggests_double_equals() -> None:
+    text = "derived role o on doc when resource.owner = subject.id\nresource doc { actions a }\n"
+    (error,) = load(text).errors
+    assert (error.code, error.help) == ("unexpected_character", "to compare, write `==`")
+
+
+def test_an_unclosed_parenthesis_is_one_error_where_it_opened() -> None:
+    text = (
+        "role r\n"  # 1
+        "resource doc {\n"  # 2
+        "  actions read, update\n"  # 3
+        "  permit r to read when (resource.a == 1\n"  # 4
+        "    or resource.b == 2\n"  # 5
+        '  @id("x")\n'  # 6
+        "  permit r to update\n"  # 7
+        "  forbid any to update when resource.c\n"  # 8
+        "  permit r to $\n"  # 9: a mistake of its own, still found
+        "}\n"
+    )
+    assert locs(text) == [("unclosed", 4, 25), ("unexpected_character", 9, 15)]
+
+
+def test_an_unclosed_bracket_in_a_derived_role() -> None:
+    text = "derived role o on doc when resource.a in [1, 2\nresource doc {\n  actions a\n}\n"
+    assert locs(text) == [("unclosed", 1, 42)]
+
+
+def test_an_unclosed_block_is_one_error() -> None:
+    text = (
+        "resource doc {\n"  # 1
+        "  actions read\n"  # 2
+        "  permit any to read\n"  # 3
+        "resource folder {\n"  # 4
+        "  actions list\n"  # 5
+        "  permit any to lst $\n"  # 6
+        "}\n"
+    )
+    assert locs(text) == [("unclosed", 1, 14), ("unexpected_character", 6, 21)]
+
+
+def test_a_missing_brace_skips_the_block_it_would_open() -> None:
+    text = (
+        "resource doc\n"  # 1
+        "  actions read\n"  # 2
+        '  @id("a")\n'  # 3
+        "  permit any to read\n"  # 4
+        "  forbid any to read when resource.x\n"  # 5
+        "}\n"  # 6
+        "role r\n"  # 7
+        "role s $\n"  # 8: a mistake of its own, still found
+    )
+    assert locs(text) == [("unexpected_token", 2, 3), ("unexpected_character", 8, 8)]
+
+
+def test_a_bracket_closed_on_a_later_line_is_not_called_unclosed() -> None:
+    # The `)` is there; what is missing is an operator before `resource.b`.
+    text = HEAD + "  permit r to read when (resource.a\n    resource.b)\n}\n"
+    assert locs(text) == [("unexpected_token", 5, 5)]
+
+
+def test_a_parenthesis_left_open_at_the_end_of_the_file_is_an_unexpected_end() -> None:
+    assert codes(load(HEAD + "  permit r to read when (resource.a\n")) == ["unexpected_end"]
