@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pdp.lang.errors import PolicyLoadError, render_all
+from pdp.lang.errors import PolicyError, PolicyLoadError, render_all
 from pdp.lang.load import LoadResult, load_paths
 from pdp.lang.schema import Schema, load_schema
 from pdp.lang.times import parse_time
@@ -53,7 +54,7 @@ def load_policies(paths: list[str], schema_path: str | None) -> tuple[LoadResult
     try:
         if schema_path:
             schema = load_schema(schema_path)
-        return load_paths(paths, schema), EXIT_OK
+        loaded = load_paths(paths, schema)
     except FileNotFoundError as exc:
         return None, fail(
             f"no such file or directory: {exc.filename}" if exc.filename else str(exc)
@@ -63,6 +64,20 @@ def load_policies(paths: list[str], schema_path: str | None) -> tuple[LoadResult
     except PolicyLoadError as exc:  # the schema file
         err.print(render_all(exc.errors), markup=False)
         return None, EXIT_ERROR
+    problems = tuple(_as_given(p, paths) for p in loaded.problems)
+    return replace(loaded, problems=problems), EXIT_OK
+
+
+def _as_given(problem: PolicyError, paths: list[str]) -> PolicyError:
+    """The problem located by a path that opens from here: a directory's files are named
+    relative to it (as rule ids are), which does not resolve from the working directory."""
+    loc = problem.loc
+    if loc is None or Path(loc.file).is_file():
+        return problem
+    for d in paths:
+        if Path(d).is_dir() and (Path(d) / loc.file).is_file():
+            return replace(problem, loc=replace(loc, file=(Path(d) / loc.file).as_posix()))
+    return problem
 
 
 def parse_now(text: str | None) -> datetime | None:

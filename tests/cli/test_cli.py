@@ -148,7 +148,7 @@ def test_validate_json(capsys: pytest.CaptureFixture[str], project: Path, write:
                 "severity": "error",
                 "code": "unknown_role",
                 "message": "role `nobody` is not declared",
-                "file": "x.pdp",
+                "file": bad.as_posix(),  # as given: it opens from here
                 "line": 3,
                 "column": 10,
                 "end_line": 3,
