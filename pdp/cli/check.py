@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result, code = load_policies([args.policies], args.schema)
+    result, code = load_policies([args.policies], args.schema, "--policies")
     if result is None:
         return code
     if result.policy_set is None:

@@ -48,16 +48,22 @@ def add_formatter(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-def load_policies(paths: list[str], schema_path: str | None) -> tuple[LoadResult | None, int]:
-    """Load policies (and the schema); on failure print the errors and give the exit code."""
+def load_policies(
+    paths: list[str], schema_path: str | None, flag: str = ""
+) -> tuple[LoadResult | None, int]:
+    """Load policies (and the schema); on failure print the errors and give the exit code.
+
+    `flag`: the option that named `paths` (`--policies`), for messages.
+    """
     schema: Schema | None = None
     try:
         if schema_path:
             schema = load_schema(schema_path)
         loaded = load_paths(paths, schema)
     except FileNotFoundError as exc:
+        where = f"{flag}: " if flag and exc.filename in paths else ""
         return None, fail(
-            f"no such file or directory: {exc.filename}" if exc.filename else str(exc)
+            f"{where}no such file or directory: {exc.filename}" if exc.filename else str(exc)
         )
     except OSError as exc:
         return None, fail(f"cannot read {exc.filename}: {exc.strerror}")

@@ -104,7 +104,7 @@ def open_store(args: argparse.Namespace, *, create: bool = False) -> SqlStore:
 
 def role_catalog(args: argparse.Namespace) -> RoleCatalog | None:
     """The grantable roles from `--policies`; None (after printing why) when they don't load."""
-    result, _ = load_policies([args.policies], None)
+    result, _ = load_policies([args.policies], None, "--policies")
     if result is None:
         err.print("  (roles are checked against the policies; pass --policies DIR)", markup=False)
         return None

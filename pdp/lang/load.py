@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def discover(paths: Iterable[str | Path]) -> dict[str, bytes]:
         elif p.is_file():
             found[p.as_posix()] = p.read_bytes()
         else:
-            raise FileNotFoundError(f"no such file or directory: {p}")
+            raise FileNotFoundError(errno.ENOENT, "no such file or directory", str(p))
     return found
 
 

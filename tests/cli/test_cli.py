@@ -169,6 +169,14 @@ def test_validate_a_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: P
     code, _, err = run(capsys, "validate", tmp_path / "nope")
     assert code == 1
     assert err == f"error: no such file or directory: {tmp_path / 'nope'}\n"
+    # Named by a flag, the flag is named too.
+    request = tmp_path / "request.json"
+    request.write_text("{}")
+    code, _, err = run(capsys, "check", "--policies", tmp_path / "nope", "--request", request)
+    assert (code, err) == (
+        1,
+        f"error: --policies: no such file or directory: {tmp_path / 'nope'}\n",
+    )
 
 
 def test_validate_with_a_schema(
