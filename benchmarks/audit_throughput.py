@@ -165,8 +165,18 @@ event loop's thread, so its CPU is what limits throughput:
 
 Tried: a group-commit delay (the writer waits 1–3 ms for more records) made batches
 2–3× larger but cost more CPU per call, not less; the thread that waits for the GIL
-after the delay pays for it. The ratios move by ±7 points between runs on this shared
-box: compare within one run.
+after the delay pays for it. Also tried, later on 2026-11-27, each in the same rounds
+as the code it would replace: writing durable batches on the event loop itself, once
+per loop iteration (as Redis does with `appendfsync always`): 44% of throughput kept
+against 58%, the loop stalls for each sync write; for the floor, a C queue
+(`queue.SimpleQueue`) instead of a condition, and the loop-side write: 58–67% of the
+echo kept, all within the noise of the thread version; buffered writes every 8 or 32
+records instead of every 0.2 s (shorter GIL holds while sealing): ×1.39–1.40 CPU per
+call against ×1.25, and no better p99; `sys.setswitchinterval(0.0005)`: no change
+beyond the noise. A zero-filled, preallocated segment synced with `fdatasync` writes
+in 52 µs instead of 82 (no size change to journal), but saves only ~5 µs of this
+process's CPU per write, not worth NUL bytes at the end of a JSON Lines file. The
+ratios move by ±7 points between runs on this shared box: compare within one run.
 """
 
 

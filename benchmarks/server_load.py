@@ -275,7 +275,13 @@ Runs on this box differ more than the code does: compare ratios within one run. 
 the server on `grpc.aio` check/echo measured 1.23× (twice), 1.26×, 1.31× (twice),
 1.32× (twice), 1.47× and 1.52× in nine runs on 2026-11-27; the thread-pool server it
 replaced measured 1.68×–2.11× on the same day. The batch on one document gave
-21.9×–30.1× (17.8×–25.7× with the thread pool).
+21.9×–30.1× (17.8×–25.7× with the thread pool). Later that day, with the same code,
+the box ran the echo call far cheaper (207–274 µs of server CPU, against 426 µs in the
+morning) while a check cost 374–440 µs: check/echo 1.56×, 1.69× and 1.77× in three
+runs. The ratio moves with the echo's cost more than with ours: at a 250 µs echo,
+1.25× leaves a check 60 µs above it, and the handler alone takes 122 µs of its
+thread's CPU inside the server (`time.thread_time_ns()` around it; 56 µs in a loop
+in-process).
 
 ### Why the server answers on the event loop (measured 2026-11-27)
 
