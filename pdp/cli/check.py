@@ -121,8 +121,20 @@ def run(args: argparse.Namespace) -> int:
         for request, decision in zip(requests, decisions, strict=True):
             _explain(request.subject.key, request.resource, decision)
     else:
-        shown = [d.to_json() for d in decisions]
-        print_json(shown if batch else shown[0])
+        if batch:
+            # Which evaluation each decision answers: two `delete`s on different
+            # documents must be told apart.
+            shown = [
+                {
+                    **d.to_json(),
+                    "subject": r.subject.key,
+                    "resource": f"{r.resource.type}/{r.resource.id}",
+                }
+                for r, d in zip(requests, decisions, strict=True)
+            ]
+            print_json(shown)
+        else:
+            print_json(decisions[0].to_json())
     return EXIT_OK if all(d.allowed for d in decisions) else EXIT_DENY
 
 

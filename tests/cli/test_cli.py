@@ -267,6 +267,12 @@ def test_check_batch(capsys: pytest.CaptureFixture[str], project: Path) -> None:
         ("update", False),
         ("read", False),
     ]
+    # Each decision says which evaluation it answers.
+    assert [(d["subject"], d["resource"]) for d in data] == [
+        ("user:alice", "document/1"),
+        ("user:alice", "document/2"),
+        ("user:eve", "document/1"),
+    ]
 
 
 def test_check_actions_shorthand(capsys: pytest.CaptureFixture[str], project: Path) -> None:
