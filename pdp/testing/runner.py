@@ -272,13 +272,22 @@ def _run_case(
         expect = case.get("expect")
         if not isinstance(expect, Mapping) or not expect:
             raise SuiteError("`expect` must map actions to allow or deny")
+        # Both fixtures first, and both their problems at once.
+        parts, problems = {}, []
+        for kind, fixtures in (("subject", subjects), ("resource", resources)):
+            try:
+                parts[kind] = _fixture(case.get(kind), fixtures, kind)
+            except SuiteError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise SuiteError("; ".join(problems))
         requests = []
         for action, want in expect.items():
             if not isinstance(want, str | bool) or want not in _EXPECT:
                 raise SuiteError(f"`expect.{action}`: write allow or deny, not `{want}`")
             base = {
-                "subject": _fixture(case.get("subject"), subjects, "subject"),
-                "resource": _fixture(case.get("resource"), resources, "resource"),
+                "subject": parts["subject"],
+                "resource": parts["resource"],
                 "context": plain_value(case.get("context") or {}),
                 "action": {"name": str(action), "properties": case.get("action_properties") or {}},
             }
@@ -324,7 +333,10 @@ def _check_declared(policy: CompiledPolicySet, requests: list[Request]) -> None:
 def _fixture(value: object, fixtures: Mapping[str, Any], kind: str) -> object:
     if isinstance(value, str):
         if value not in fixtures:
-            raise SuiteError(f"`{kind}`: no {kind} fixture named `{value}`")
+            hint = did_you_mean(value, fixtures)
+            raise SuiteError(
+                f"`{kind}`: no {kind} fixture named `{value}`" + (f" ({hint})" if hint else "")
+            )
         return fixtures[value]
     if value is None:
         raise SuiteError(f"`{kind}` is required")

@@ -180,6 +180,11 @@ BROKEN_CASES = [
         "- {subject: nobody, resource: doc, expect: {read: allow}}",
         "`subject`: no subject fixture named `nobody`",
     ),
+    (  # both typos at once, each with the closest fixture
+        "- {subject: alise, resource: dco, expect: {read: allow}}",
+        "`subject`: no subject fixture named `alise` (did you mean `alice`?); "
+        "`resource`: no resource fixture named `dco` (did you mean `doc`?)",
+    ),
     ("- {resource: doc, expect: {read: allow}}", "`subject` is required"),
     ("- {subject: alice, resource: doc}", "`expect` must map actions to allow or deny"),
     (
