@@ -274,6 +274,10 @@ def _derived(name: str, env: Env) -> bool:
     return value
 
 
+# The condition of a rule none of whose roles the subject holds (derived roles included).
+NO_ROLE = "not evaluated: no role of the rule held"
+
+
 def _decide_explained(
     policy: CompiledPolicySet,
     candidates: Candidates,
@@ -303,7 +307,7 @@ def _decide_explained(
                 forbid_reasons.append(rule.id)
             continue
         if role is None:
-            trace.append(RuleTrace(rule.id, effect, rule.where, None, "not evaluated", False))
+            trace.append(RuleTrace(rule.id, effect, rule.where, None, NO_ROLE, False))
             continue
         if rule.condition is None:
             outcome, applied = "none", True

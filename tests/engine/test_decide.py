@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pdp.engine.compile import compile_policy_set
-from pdp.engine.decide import decide, decide_all
+from pdp.engine.decide import NO_ROLE, decide, decide_all
 from pdp.engine.decision import Decision, Diagnostic, RuleTrace
 from pdp.lang.load import load_texts
 from tests.helpers import NOW, allowed, check, compile_files, compile_text, request
@@ -686,9 +686,9 @@ def test_explain_traces_every_candidate(docs: Any) -> None:
     assert not d.allowed
     assert d.trace == (
         RuleTrace("locked", "forbid", "test.pdp:16", "any", "false", False),
-        RuleTrace("admin-all", "permit", "test.pdp:13", None, "not evaluated", False),
+        RuleTrace("admin-all", "permit", "test.pdp:13", None, NO_ROLE, False),
         RuleTrace("editor-update", "permit", "test.pdp:11", "editor", "false", False),
-        RuleTrace("owner-all", "permit", "test.pdp:12", None, "not evaluated", False),
+        RuleTrace("owner-all", "permit", "test.pdp:12", None, NO_ROLE, False),
     )
 
 
@@ -698,7 +698,7 @@ def test_explain_shows_errors_and_matches_the_plain_decision(docs: Any) -> None:
     explained = decide(docs, req, frozenset({"viewer"}), explain=True)
     assert (explained.allowed, explained.reasons) == (plain.allowed, plain.reasons)
     assert explained.trace == (
-        RuleTrace("admin-all", "permit", "test.pdp:13", None, "not evaluated", False),
+        RuleTrace("admin-all", "permit", "test.pdp:13", None, NO_ROLE, False),
         RuleTrace(
             "owner-all",
             "permit",
