@@ -314,56 +314,106 @@ def _compare(op: str, left: Condition, right: Condition) -> Condition:
     return _order(op, left, right)
 
 
+def _kind(v: object) -> str:
+    """What `==` and `in` compare values by: a string, a number (int or float), a bool,
+    a list, a record, null. Values of different kinds are a type mismatch."""
+    t = type(v)
+    if t is str:
+        return "string"
+    if t is int or t is float:
+        return "number"
+    if t is bool:
+        return "bool"
+    if v is None:
+        return "null"
+    if isinstance(v, list | tuple):
+        return "list"
+    if isinstance(v, Mapping):
+        return "record"
+    return t.__name__
+
+
+def _mismatch(op: str, a: object, b: object) -> EvalError:
+    # An error, not a silent false (DESIGN): `forbid ... when resource.level == 3` must
+    # not let through a level of "3".
+    return EvalError("type_error", f"`{op}` cannot compare {a_type(a)} with {a_type(b)}")
+
+
 def _equality(positive: bool, left: Condition, right: Condition) -> Condition:
-    if isinstance(right, _Const) and not isinstance(left, _Const):
-        left, right = right, left
-    if isinstance(left, _Const) and type(left.value) is str:
-        # A string equals only a string: plain == is already strict here.
-        lit, other = left.value, right
-        if positive:
-            return lambda env: other(env) == lit
-        return lambda env: other(env) != lit
+    op = "==" if positive else "!="
+    lit_left = isinstance(left, _Const) and type(left.value) is str
+    if lit_left or (isinstance(right, _Const) and type(right.value) is str):
+        # A string literal on either side (`resource.kind == "doc"`): one type test.
+        const, other = (left, right) if lit_left else (right, left)
+        assert isinstance(const, _Const)
+        text = const.value
+
+        def eq_string(env: Env) -> bool:
+            v = other(env)
+            if type(v) is str:
+                return (v == text) is positive
+            raise _mismatch(op, text, v) if lit_left else _mismatch(op, v, text)
+
+        return eq_string
+
     # Two strings, the usual case (`resource.owner == subject.id`), are compared here
     # without a call to `strict_eq`.
-    if positive:
-
-        def eq(env: Env) -> bool:
-            a, b = left(env), right(env)
-            if type(a) is str and type(b) is str:
-                return a == b
-            return strict_eq(a, b)
-
-        return eq
-
-    def ne(env: Env) -> bool:
+    def eq(env: Env) -> bool:
         a, b = left(env), right(env)
         if type(a) is str and type(b) is str:
-            return a != b
-        return not strict_eq(a, b)
+            return (a == b) is positive
+        if _kind(a) != _kind(b):
+            raise _mismatch(op, a, b)
+        return strict_eq(a, b) is positive
 
-    return ne
+    return eq
 
 
 def _in(left: Condition, right: Condition) -> Condition:
     if isinstance(right, _Const) and isinstance(right.value, list):
         items = right.value
-        if all(type(i) is str for i in items):
+        if items and all(type(i) is str for i in items):
             strings = frozenset(items)
-            return lambda env: type(v := left(env)) is str and v in strings
 
-        return lambda env: _member(left(env), items)
+            def in_strings(env: Env) -> bool:
+                v = left(env)
+                if type(v) is str:
+                    return v in strings
+                raise _not_among("in", v, items)
+
+            return in_strings
+
+        return lambda env: _member(left(env), items, "in")
 
     def in_(env: Env) -> bool:
         container = right(env)
         if not isinstance(container, list | tuple):
             raise type_error("`in` needs a list on its right", container)
-        return _member(left(env), container)
+        return _member(left(env), container, "in")
 
     return in_
 
 
-def _member(v: object, items: list[Any] | tuple[Any, ...]) -> bool:
-    return any(strict_eq(v, i) for i in items)
+def _member(v: object, items: list[Any] | tuple[Any, ...], op: str) -> bool:
+    """Whether `v` is among `items`; a type error when none is of its kind (a string
+    looked for among lists is a mistake, not an absence)."""
+    kind = _kind(v)
+    comparable = False
+    for i in items:
+        if _kind(i) == kind:
+            comparable = True
+            if strict_eq(v, i):
+                return True
+    if items and not comparable:
+        raise _not_among(op, v, items)
+    return False
+
+
+def _not_among(op: str, v: object, items: list[Any] | tuple[Any, ...]) -> EvalError:
+    kinds = ", ".join(sorted({_kind(i) for i in items}))
+    return EvalError(
+        "type_error", f"`{op}` cannot look for {a_type(v)} among items of kind {kinds}"
+    )
 
 
 def _contains(left: Condition, right: Condition) -> Condition:
@@ -371,7 +421,7 @@ def _contains(left: Condition, right: Condition) -> Condition:
         container = left(env)
         item = right(env)
         if isinstance(container, list | tuple):
-            return _member(item, container)
+            return _member(item, container, "contains")
         if isinstance(container, str):
             if not isinstance(item, str):
                 raise type_error("a string can only contain a string", item)
@@ -398,6 +448,8 @@ def _order(op: str, left: Condition, right: Condition) -> Condition:
             or not ((ta in (int, float) and tb in (int, float)) or ta is tb and ta is not list)
         ):
             raise EvalError("type_error", f"`{op}` cannot compare {a_type(a)} with {a_type(b)}")
+        if a != a or b != b:  # NaN: every comparison with it is false, a forbid too
+            raise EvalError("type_error", f"`{op}` cannot compare NaN, which is not a number")
         try:
             return bool(compare(a, b))
         except TypeError:

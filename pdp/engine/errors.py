@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class EvalError(Exception):
     """A missing attribute or a type mismatch: an error of the rule, never a silent false."""
@@ -26,8 +28,10 @@ def type_name(v: object) -> str:
         return "string"
     if isinstance(v, list | tuple):
         return "list"
-    if isinstance(v, dict):
+    if isinstance(v, Mapping):
         return "record"
+    if v is None:
+        return "null"
     return type(v).__name__
 
 

@@ -355,23 +355,27 @@ def error_of(expr: str, **props: Any) -> tuple[str, str]:
         (1, 1, True),
         (1, 1.0, True),
         (0, 0.0, True),
-        (1, True, False),
-        (0, False, False),
+        (1, True, "`==` cannot compare an int with a bool"),  # a mismatch is an error
+        (0, False, "`==` cannot compare an int with a bool"),
         (True, True, True),
-        ("1", 1, False),
+        ("1", 1, "`==` cannot compare a string with an int"),
         ("a", "a", True),
         ("a", "A", False),
         ([1, 2], [1, 2], True),
         ([1, 2], [2, 1], False),
         ([1], [1.0], True),
-        ([1], [True], False),
+        ([1], [True], False),  # lists of different items are just not equal
         ({"k": 1}, {"k": 1}, True),
         (None, None, None),  # missing: an error, not a value
     ],
 )
-def test_strict_equality(a: object, b: object, equal: bool | None) -> None:
+def test_strict_equality(a: object, b: object, equal: bool | str | None) -> None:
     if equal is None:
         assert error_of("resource.a == resource.b", a=a, b=b)[0] == "missing_attribute"
+        return
+    if isinstance(equal, str):
+        assert error_of("resource.a == resource.b", a=a, b=b) == ("type_error", equal)
+        assert error_of("resource.a != resource.b", a=a, b=b)[0] == "type_error"
         return
     assert holds("resource.a == resource.b", a=a, b=b) is equal
     assert holds("resource.a != resource.b", a=a, b=b) is not equal
@@ -379,11 +383,17 @@ def test_strict_equality(a: object, b: object, equal: bool | None) -> None:
 
 def test_equality_with_literals() -> None:
     assert holds("resource.a == 1", a=1.0)
-    assert not holds("resource.a == true", a=1)
-    assert not holds("resource.a == 1", a=True)
+    assert error_of("resource.a == true", a=1) == (
+        "type_error",
+        "`==` cannot compare an int with a bool",
+    )
+    assert error_of("resource.a == 1", a=True)[0] == "type_error"
     assert holds('resource.a == "x"', a="x")
-    assert not holds('resource.a == "1"', a=1)
-    assert holds('resource.a != "1"', a=1)
+    assert error_of('resource.a == "1"', a=1) == (
+        "type_error",
+        "`==` cannot compare an int with a string",
+    )
+    assert error_of('resource.a != "1"', a=1)[0] == "type_error"
     assert holds("resource.a == [1, 2]", a=[1.0, 2])
     assert holds("1 == 1.0")
 
@@ -393,15 +403,12 @@ def test_equality_with_literals() -> None:
     [
         ('resource.a in ["x", "y"]', {"a": "x"}, True),
         ('resource.a in ["x", "y"]', {"a": "z"}, False),
-        ('resource.a in ["1"]', {"a": 1}, False),
         ("resource.a in [1, 2]", {"a": 2.0}, True),
-        ("resource.a in [1, 2]", {"a": True}, False),
-        ("resource.a in [true]", {"a": 1}, False),
         ("resource.a in []", {"a": 1}, False),
         ("resource.a in resource.b", {"a": "x", "b": ["x"]}, True),
         ("resource.a in [resource.b, 3]", {"a": 3, "b": 0}, True),
         ("resource.a contains 1", {"a": [1, 2]}, True),
-        ("resource.a contains 1", {"a": [True]}, False),
+        ('resource.a in [1, "x"]', {"a": "y"}, False),  # compared with its own kind
         ('resource.a contains "ell"', {"a": "hello"}, True),
         ('resource.a contains "x"', {"a": "hello"}, False),
         ('resource.a contains ""', {"a": ""}, True),
@@ -426,6 +433,28 @@ def test_equality_with_literals() -> None:
 )
 def test_operators(expr: str, props: dict[str, Any], want: bool) -> None:
     assert holds(expr, **props) is want
+
+
+@pytest.mark.parametrize(
+    ("expr", "props", "message"),
+    [
+        ('resource.a in ["1"]', {"a": 1}, "`in` cannot look for an int among items of kind string"),
+        (
+            "resource.a in [1, 2]",
+            {"a": True},
+            "`in` cannot look for a bool among items of kind number",
+        ),
+        ("resource.a in [true]", {"a": 1}, "`in` cannot look for an int among items of kind bool"),
+        ("resource.a in resource.b", {"a": "u", "b": [["u"]]}, "among items of kind list"),
+        ("resource.a contains 1", {"a": [True]}, "`contains` cannot look for an int among items"),
+        ("resource.a < 3", {"a": float("nan")}, "`<` cannot compare NaN, which is not a number"),
+        ("resource.a >= 3", {"a": float("nan")}, "`>=` cannot compare NaN"),
+    ],
+)
+def test_a_mismatch_is_an_error_not_a_false(expr: str, props: dict[str, Any], message: str) -> None:
+    # In a forbid, a silent false would let the request through (DESIGN: fail closed).
+    code, got = error_of(expr, **props)
+    assert code == "type_error" and message in got
 
 
 def test_and_or_short_circuit_left_to_right() -> None:

@@ -250,7 +250,9 @@ def ev(e: Expr, req: Request) -> object:
         if sprops.get(e[1]) is None:
             raise Err
         value = sprops[e[1]]
-        return type(value) is str and value == e[2]
+        if type(value) is not str:  # a string literal compared with another kind
+            raise Err
+        return value == e[2]
     if kind == "has":
         return props.get(e[1]) is not None
     if kind == "not":
