@@ -93,11 +93,18 @@ def run(args: argparse.Namespace) -> int:
         except DocumentError as exc:
             return fail(f"bad bindings file:\n{exc}")
     try:
-        data = json.loads(read_input(args.request))
+        data = json.loads(read_input(args.request), parse_constant=_not_a_number)
     except (OSError, UnicodeDecodeError) as exc:
         return fail(f"cannot read the request {args.request}: {exc}")
     except json.JSONDecodeError as exc:
         return fail(f"request is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+    except ValueError as exc:  # NaN or Infinity; an integer of more than 4,300 digits
+        too_long = "integer string conversion" in str(exc)
+        return fail(
+            "request: an integer of more than 4,300 digits" if too_long else f"request: {exc}"
+        )
+    except RecursionError:
+        return fail("request: nested too deeply")
     try:
         now = parse_now(args.now)
     except ValueError:
@@ -136,6 +143,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_json(decisions[0].to_json())
     return EXIT_OK if all(d.allowed for d in decisions) else EXIT_DENY
+
+
+def _not_a_number(name: str) -> object:
+    # The server refuses them too: a policy comparing NaN gets no answer.
+    raise ValueError(f"`{name}` is not a number JSON allows")
 
 
 def _explain(subject: str, resource: Any, d: Decision) -> None:

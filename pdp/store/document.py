@@ -32,6 +32,7 @@ from pdp.engine.bindings import (
 )
 from pdp.lang.errors import did_you_mean
 from pdp.lang.times import to_time
+from pdp.store.validate import non_finite
 
 SECTIONS = ("subjects", "groups", "bindings")
 
@@ -93,6 +94,10 @@ def parse_bindings(
         attrs = item.get("attributes") or {}
         if not isinstance(attrs, Mapping):
             problems.append(f"{where}.attributes: must be a mapping")
+            continue
+        bad = non_finite(attrs, f"{where}.attributes")
+        if bad is not None:
+            problems.append(f"{bad}: NaN and infinite numbers are not values")
             continue
         if key:
             if key in subjects:

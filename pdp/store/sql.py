@@ -677,9 +677,8 @@ class SqlStore:
         """Merge `values` into the subject's attributes (or replace them), removing `unset`."""
         key = v.subject_key(subject)
         unset = list(unset)
-        for k in [*values, *unset]:
-            if not isinstance(k, str) or not k:
-                raise InvalidInput(f"attribute name `{k}` must be a non-empty string")
+        v.attributes(values)
+        v.attributes(dict.fromkeys(unset))
         s = _SUBJECTS.c
         with self._write() as tx:
             self._ensure_subjects(tx, [key])

@@ -5,7 +5,8 @@ Kept free of SQLAlchemy so the CLI can validate arguments before opening a store
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,6 +52,34 @@ def expiry(when: datetime | None, now: datetime) -> datetime | None:
     if when <= now:
         raise InvalidInput(f"expiry `{_iso(when)}` is in the past (now is {_iso(now)})")
     return when
+
+
+def non_finite(value: object, path: str) -> str | None:
+    """The path of a NaN or infinite number in an attribute value, or None.
+
+    JSON has no such numbers (PostgreSQL refuses them), and a policy comparing NaN
+    gets no answer: such a value is refused when written, with where it is.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, list | tuple):
+        items: Iterable[tuple[str, object]] = ((f"{path}[{i}]", x) for i, x in enumerate(value))
+    elif isinstance(value, Mapping):
+        items = ((f"{path}.{k}", x) for k, x in value.items())
+    else:
+        return None
+    return next((p for p in (non_finite(x, where) for where, x in items) if p), None)
+
+
+def attributes(values: Mapping[str, object]) -> None:
+    """`InvalidInput` for an attribute name that is not a non-empty string, or a value
+    holding a NaN or infinite number."""
+    for k, value in values.items():
+        if not isinstance(k, str) or not k:
+            raise InvalidInput(f"attribute name `{k}` must be a non-empty string")
+        bad = non_finite(value, k)
+        if bad is not None:
+            raise InvalidInput(f"attribute `{bad}`: NaN and infinite numbers are not values")
 
 
 def _iso(t: datetime) -> str:

@@ -325,6 +325,14 @@ def test_check_explain_shows_diagnostics(capsys: pytest.CaptureFixture[str], pro
             "error: request is not valid JSON: Expecting property name enclosed in double "
             "quotes (line 1, column 2)\n",
         ),
+        # What JSON has no number for, and what Python's parser would crash on.
+        ('{"context": {"x": NaN}}', "error: request: `NaN` is not a number JSON allows\n"),
+        (
+            '{"context": {"x": -Infinity}}',
+            "error: request: `-Infinity` is not a number JSON allows\n",
+        ),
+        ("[" * 5000 + "]" * 5000, "error: request: nested too deeply\n"),
+        ('{"x": ' + "9" * 5000 + "}", "error: request: an integer of more than 4,300 digits\n"),
         (
             {
                 "subject": {"id": "x"},

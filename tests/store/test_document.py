@@ -196,6 +196,13 @@ def test_every_problem_is_reported_with_its_place(data: Any, expected: list[str]
     assert problems(data) == expected
 
 
+def test_nan_attributes_are_refused_with_their_place() -> None:
+    data = {"subjects": [{"id": "user:a", "attributes": {"levels": [1, float("nan")]}}]}
+    assert problems(data) == [
+        "subjects[0].attributes.levels[1]: NaN and infinite numbers are not values"
+    ]
+
+
 @pytest.mark.parametrize(
     "group",
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -264,4 +265,11 @@ class TestBadInputChangesNothing:
     def test_attribute_names_must_be_text(self, store: SqlStore) -> None:
         with pytest.raises(InvalidInput):
             store.set_attributes("user:a", {"": 1})
+        assert store.revision() == 0
+
+    def test_nan_and_infinity_are_not_values(self, store: SqlStore) -> None:
+        # JSON has no such numbers (PostgreSQL refuses them), and `<` cannot order NaN.
+        for value, where in ((float("nan"), "c"), ({"x": [1, float("inf")]}, "c.x[1]")):
+            with pytest.raises(InvalidInput, match=rf"attribute `{re.escape(where)}`: NaN"):
+                store.set_attributes("user:a", {"c": value})
         assert store.revision() == 0
