@@ -13,7 +13,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from pdp.audit.explain import NOT_BY_POLICY, Rederived, rederive
@@ -27,6 +26,7 @@ from pdp.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     add_json_option,
+    console,
     err,
     fail,
     out,
@@ -243,7 +243,7 @@ def _print_wide(table: Table) -> None:
     if out.is_terminal:
         out.print(table)
     else:
-        Console(file=out.file, width=250, highlight=False, soft_wrap=True).print(table)
+        console(file=out.file, width=250).print(table)
 
 
 def _verdict(allowed: bool) -> str:

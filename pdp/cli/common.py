@@ -25,8 +25,16 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DENY = 0, 1, 2, 3
 # Piped or redirected, rich would lay tables out for 80 columns and fold ids in two;
 # a file or a pager has room, and a folded id cannot be searched for.
 _PIPE_WIDTH = None if sys.stdout.isatty() else 200
-out = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def console(**options: Any) -> Console:
+    """A rich console as every command prints: no highlighting, no emoji codes (an id
+    such as `user:a:b` would print as `user🅰b`), long lines kept whole."""
+    return Console(highlight=False, emoji=False, soft_wrap=True, **options)
+
+
+out = console(width=_PIPE_WIDTH)
+err = console(stderr=True)
 
 
 def print_json(data: Any) -> None:

@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pdp.cli.common import EXIT_ERROR, err, fail, load_policies, out, print_json
+from pdp.cli.common import EXIT_ERROR, console, err, fail, load_policies, out, print_json
 from pdp.lang.errors import render_all
 from pdp.lang.times import parse_time
 from pdp.store.config import DEFAULT_URL, ENV_URL, resolve_url
@@ -206,7 +205,7 @@ def print_table(table: Table) -> None:
         out.print(table)
         return
     natural = out.measure(table, options=out.options.update(max_width=10_000)).maximum
-    Console(highlight=False, soft_wrap=True, width=max(out.width, natural)).print(table)
+    console(width=max(out.width, natural)).print(table)
 
 
 def new_table(*columns: str) -> Table:

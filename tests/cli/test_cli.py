@@ -309,6 +309,9 @@ def test_check_explain(capsys: pytest.CaptureFixture[str], project: Path) -> Non
     assert code == 0
     assert out.startswith("ALLOW user:alice → read document/1")
     assert "allowed by: read" in out
+    # Ids are printed as they are: `:smile:` is no emoji code here.
+    code, out, _ = check(capsys, project, request("smile:x", "read"), "--explain")
+    assert out.startswith("DENY user:smile:x → read document/1")
 
 
 def test_check_explain_shows_diagnostics(capsys: pytest.CaptureFixture[str], project: Path) -> None:
