@@ -42,36 +42,6 @@ def decide(
     return _decide(policy.version, candidates, action, env, bindings_version)
 
 
-def decide_all(
-    policy: CompiledPolicySet,
-    requests: Sequence[Request],
-    roles: frozenset[str] = frozenset(),
-    *,
-    explain: bool = False,
-    bindings_version: str | None = None,
-) -> list[Decision]:
-    """Decide several actions of one subject on one resource, sharing derived roles.
-
-    Each request is read with its own subject, resource and context; only the
-    derived roles that do not read `action`, and the clock, carry over from the first.
-    """
-    if not requests:
-        return []
-    env = Env.of(requests[0], roles, policy.derived)
-    env.per_action = policy.action_dependent_derived
-    out: list[Decision] = []
-    for r in requests:
-        if r is not requests[0]:
-            env.subject, env.sprops = r.subject, r.subject.properties
-            env.resource, env.rprops = r.resource, r.resource.properties
-            env.context = r.context
-            env.set_action(r.action)
-        out.append(
-            decide(policy, r, roles, explain=explain, env=env, bindings_version=bindings_version)
-        )
-    return out
-
-
 def decide_actions(
     policy: CompiledPolicySet,
     subject: Subject,
@@ -130,20 +100,17 @@ def _decide(
     `_applies` is written out in both loops: a call per candidate rule was a fifth of
     the cost of a decision.
     """
-    # Known derived roles and shared conditions are read inline below; `_derived` and
-    # `_shared` are called only to compute a value (or raise a kept error).
-    held, known_derived, shared = env.roles, env.derived, env.shared
+    # Shared conditions are read inline below; `_shared` is called only to compute a
+    # value (or raise a kept error). Derived roles are looked at only for a rule whose
+    # roles the subject does not hold.
+    held, shared = env.roles, env.shared
     reasons: list[str] = []
     diagnostics: list[Diagnostic] = []
     used: set[str] | None = None
     for rule_id, roles, derived, cond, share in candidates.forbid_steps:
         try:
             if roles is not None and roles.isdisjoint(held):
-                for name in derived:
-                    known = known_derived.get(name)
-                    if known is True or (known is not False and _derived(name, env)):
-                        break
-                else:
+                if not derived or _derived_role_held(derived, env) is None:
                     continue
             if cond is not None:
                 if share is None or shared is None:
@@ -175,11 +142,7 @@ def _decide(
     for rule_id, roles, derived, cond, share in candidates.permit_steps:
         try:
             if roles is not None and roles.isdisjoint(held):
-                for name in derived:
-                    known = known_derived.get(name)
-                    if known is True or (known is not False and _derived(name, env)):
-                        break
-                else:
+                if not derived or _derived_role_held(derived, env) is None:
                     continue
             if cond is not None:
                 if share is None or shared is None:
@@ -248,9 +211,31 @@ def _role_match(rule: CompiledRule, env: Env) -> str | None:
     held = rule.roles & env.roles
     if held:
         return min(held)
-    for name in rule.derived:
-        if _derived(name, env):
+    return _derived_role_held(rule.derived, env)
+
+
+def _derived_role_held(names: tuple[str, ...], env: Env) -> str | None:
+    """The first of the derived roles `names` the subject holds, or None.
+
+    One that holds wins over one that cannot be evaluated, wherever each is named, so
+    the order of a rule's roles never changes a decision; the error is raised only
+    when none holds.
+    """
+    known_derived = env.derived
+    error: EvalError | None = None
+    for name in names:
+        known = known_derived.get(name)
+        if known is True:
             return name
+        if known is False:
+            continue
+        try:
+            if _derived(name, env):
+                return name
+        except EvalError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
     return None
 
 

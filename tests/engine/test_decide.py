@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from pdp.engine.compile import compile_policy_set
-from pdp.engine.decide import NO_ROLE, decide, decide_all
+from pdp.engine.decide import NO_ROLE, decide, decide_actions
 from pdp.engine.decision import Decision, Diagnostic, RuleTrace
+from pdp.engine.request import Request
 from pdp.lang.load import load_texts
 from tests.helpers import NOW, allowed, check, compile_files, compile_text, request
 
@@ -300,10 +301,17 @@ def test_declared_action_without_rules_is_a_plain_default_deny() -> None:
 # --- multi-action ------------------------------------------------------------------
 
 
-def test_decide_all(docs: Any) -> None:
+def together(policy: Any, reqs: list[Request], roles: frozenset[str] = frozenset()) -> Any:
+    """The batch path: every request's action, on the first one's subject and resource."""
+    r = reqs[0]
+    actions = [x.action for x in reqs]
+    return decide_actions(policy, r.subject, r.resource, r.context, r.now, actions, roles)
+
+
+def test_decide_actions(docs: Any) -> None:
     actions = ("read", "update", "delete", "share")
     reqs = [request(a, subject_id="bob", resource={"owner": "bob"}) for a in actions]
-    got = decide_all(docs, reqs, frozenset({"viewer"}))
+    got = together(docs, reqs, frozenset({"viewer"}))
     assert [(d.action, d.allowed, d.reasons) for d in got] == [
         ("read", True, ("owner-all", "viewer-read")),
         ("update", True, ("owner-all",)),
@@ -311,18 +319,35 @@ def test_decide_all(docs: Any) -> None:
         ("share", False, ()),
     ]
     assert got == [decide(docs, r, frozenset({"viewer"})) for r in reqs]
-    assert decide_all(docs, [], frozenset()) == []
+    r = reqs[0]
+    assert decide_actions(docs, r.subject, r.resource, r.context, r.now, []) == []
 
 
-def test_decide_all_agrees_with_decide_when_derived_roles_read_the_action() -> None:
+def test_decide_actions_agrees_with_decide_when_derived_roles_read_the_action() -> None:
     policy = compile_text(
         'derived role reader on document when action.name == "read"\n'
         "resource document {\n  actions read, update\n  permit reader to read, update\n}\n"
     )
     reqs = [request("read"), request("update")]
-    assert [d.allowed for d in decide_all(policy, reqs)] == [
-        decide(policy, r).allowed for r in reqs
-    ]
+    assert [d.allowed for d in together(policy, reqs)] == [decide(policy, r).allowed for r in reqs]
+
+
+def test_the_order_of_a_rules_derived_roles_never_matters() -> None:
+    # `owner` cannot be evaluated here (no owner attribute), `reviewer` holds: either
+    # way round, the rule considers the subject; the error counts only when none holds.
+    policy = compile_text(
+        "derived role owner on document when resource.owner == subject.id\n"
+        'derived role reviewer on document when subject.team == "review"\n'
+        "resource document {\n  actions read, update\n"
+        "  permit owner, reviewer to read\n  permit reviewer, owner to update\n}\n"
+    )
+    subject = {"team": "review"}
+    for action in ("read", "update"):
+        d = decide(policy, request(action, subject=subject))
+        assert d.allowed and not d.diagnostics, (action, d)
+        assert decide(policy, request(action, subject=subject), explain=True).allowed
+    d = decide(policy, request("read", subject={"team": "other"}))
+    assert not d.allowed and d.diagnostics[0].code == "missing_attribute"
 
 
 # --- values and operators ----------------------------------------------------------

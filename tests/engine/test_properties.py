@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pdp.engine.compile import CompiledPolicySet
-from pdp.engine.decide import decide, decide_all
+from pdp.engine.decide import decide, decide_actions
 from pdp.engine.decision import Decision
 from pdp.engine.request import Request
 from tests.helpers import compile_files, request
@@ -421,13 +421,21 @@ def test_an_erroring_forbid_means_deny(p: PolicyM, ask: Ask, on_star: bool) -> N
 
 @PROPERTY_SETTINGS
 @given(policies(), ask_lists)
-def test_decide_all_and_explain_agree_with_decide(p: PolicyM, asks: list[Ask]) -> None:
+def test_decide_actions_and_explain_agree_with_decide(p: PolicyM, asks: list[Ask]) -> None:
     policy = compile_model(p)
     for ask in asks:
         req = ask.request
         actions = ACTIONS[req.resource.type]
         reqs = [replace(req, action=replace(req.action, name=a)) for a in actions]
-        together = decide_all(policy, reqs, ask.held)
+        together = decide_actions(
+            policy,
+            req.subject,
+            req.resource,
+            req.context,
+            req.now,
+            [r.action for r in reqs],
+            ask.held,
+        )
         alone = [decide(policy, r, ask.held) for r in reqs]
         assert [outcome(d) for d in together] == [outcome(d) for d in alone]
         explained = decide(policy, req, ask.held, explain=True)
