@@ -213,9 +213,18 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
+# The separators of `type:id` (subjects) and `type/id` (resources, scopes): in a type
+# they would make two different entities one key, and one's bindings the other's.
+SUBJECT_TYPE_RULE = "must not contain `:`, which separates type and id in `type:id`"
+RESOURCE_TYPE_RULE = "must not contain `/`, which separates type and id in `type/id`"
+
+
 def _subject(obj: Mapping[str, Any], where: str) -> Subject:
+    type_ = _text(obj, "type", where)
+    if ":" in type_:
+        raise RequestError(f"{where}.type", SUBJECT_TYPE_RULE)
     return Subject(
-        _text(obj, "type", where),
+        type_,
         _text(obj, "id", where),
         _mapping(obj.get("properties"), f"{where}.properties"),
     )
@@ -231,8 +240,11 @@ def _resource(obj: Mapping[str, Any], where: str) -> Resource:
         isinstance(a, str) and is_scope_name(a) for a in ancestors
     ):
         raise RequestError(f"{where}.ancestors", "must be a list of `type/id` strings")
+    type_ = _text(obj, "type", where)
+    if "/" in type_:
+        raise RequestError(f"{where}.type", RESOURCE_TYPE_RULE)
     return Resource(
-        _text(obj, "type", where),
+        type_,
         _text(obj, "id", where),
         _mapping(obj.get("properties"), f"{where}.properties"),
         tuple(ancestors),

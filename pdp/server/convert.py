@@ -23,7 +23,14 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from pdp.engine.request import Action, Resource, Subject, is_scope_name
+from pdp.engine.request import (
+    RESOURCE_TYPE_RULE,
+    SUBJECT_TYPE_RULE,
+    Action,
+    Resource,
+    Subject,
+    is_scope_name,
+)
 from pdp.server.config import Limits
 from pdp.v1 import decision_pb2 as pb
 
@@ -173,13 +180,13 @@ class Converter:
         max_str = self._max_str
         # The usual case, all fields fine, in one test; otherwise the checks one by one,
         # in the documented order (limits first), for the error to name.
-        if type_ and id_ and len(type_) <= max_str and len(id_) <= max_str:
+        if type_ and id_ and len(type_) <= max_str and len(id_) <= max_str and ":" not in type_:
             return Subject(type_, id_, props)
         self._limit(type_, where + ".type")
         self._limit(id_, where + ".id")
         _required(type_, where + ".type")
         _required(id_, where + ".id")
-        return Subject(type_, id_, props)
+        raise InputError(where + ".type", SUBJECT_TYPE_RULE)
 
     def action(self, msg: pb.Action, where: str) -> Action:
         props = self.struct(msg.properties, where + ".properties")
@@ -201,6 +208,7 @@ class Converter:
             and len(type_) <= max_str
             and len(id_) <= max_str
             and len(ancestors) <= self._max_ancestors
+            and "/" not in type_
         ):
             for a in ancestors:
                 # is_scope_name, written out: one call fewer per ancestor on every check.
@@ -218,6 +226,8 @@ class Converter:
                 self._limit(a, f"{where}.ancestors[{i}]")
         _required(type_, where + ".type")
         _required(id_, where + ".id")
+        if "/" in type_:
+            raise InputError(where + ".type", RESOURCE_TYPE_RULE)
         for i, a in enumerate(ancestors):
             if not is_scope_name(a):
                 raise InputError(

@@ -191,3 +191,13 @@ def test_no_evaluations_is_one_evaluation_of_the_defaults() -> None:
     requests, batch = parse_evaluations(full(evaluations=[]))
     assert batch and len(requests) == 1 and requests[0].action.name == "read"
     assert error(full(action=None, evaluations=[])) == "`action`: is required"
+
+
+def test_a_type_holding_its_separator_is_refused() -> None:
+    # `user:x` + `y` would be the key of `user` + `x:y`: another subject's roles.
+    assert error(full(subject={"type": "user:x", "id": "y"})) == (
+        "`subject.type`: must not contain `:`, which separates type and id in `type:id`"
+    )
+    assert error(full(resource={"type": "doc/x", "id": "1"})) == (
+        "`resource.type`: must not contain `/`, which separates type and id in `type/id`"
+    )

@@ -86,6 +86,12 @@ def test_bad_input_of_one_evaluation_is_a_deny_not_a_failed_call(client: PdpClie
         assert "`resource.ancestors[1]` must be `type/id`" in d.diagnostics[0].message
     # An id may hold slashes: only the first one separates the type.
     assert client.check(ALICE, "read", {**DOC, "ancestors": ["folder/7/8"]}).allowed
+    # A type may not: `user:x` + `y` would be the key of `user` + `x:y`, with its roles.
+    d = client.check({"type": "user:alice", "id": "x"}, "read", DOC)
+    assert not d.allowed and d.diagnostics[0].code == "invalid_request"
+    assert "`subject.type` must not contain `:`" in d.diagnostics[0].message
+    d = client.check(ALICE, "read", {**DOC, "type": "doc/x"})
+    assert not d.allowed and "`resource.type` must not contain `/`" in d.diagnostics[0].message
 
 
 def test_evaluations_defaults_and_order(client: PdpClient) -> None:
