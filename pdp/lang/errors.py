@@ -110,7 +110,12 @@ def errors_to_json(errors: Iterable[PolicyError]) -> str:
 
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate closest to `name`, if one is close enough to be a likely typo."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    pool = sorted(set(candidates))
+    # A difference of case only (`@Id`) is the likeliest typo, however short the name.
+    same = [c for c in pool if c != name and c.lower() == name.lower()]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     return close[0] if close else None
 
 

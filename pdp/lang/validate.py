@@ -204,14 +204,7 @@ class _Validator:
                     )
                 else:
                     ids[rule.id] = rule
-                for ann in rule.annotations:
-                    if ann.name.name not in KNOWN_ANNOTATIONS:
-                        self.warn(
-                            "unknown_annotation",
-                            f"annotation `@{ann.name.name}` has no meaning here",
-                            ann.name.loc,
-                            help=did_you_mean(ann.name.name, KNOWN_ANNOTATIONS),
-                        )
+                self._check_annotations(rule)
                 for role in rule.roles or ():
                     if role.name in self.roles:
                         continue
@@ -238,7 +231,9 @@ class _Validator:
                             "unknown_action",
                             f"action `{action.name}` is not declared on resource `{rtype}`",
                             action.loc,
-                            help=did_you_mean(action.name, declared_actions)
+                            help="every action is written `*`"
+                            if action.name in ("any", "all")
+                            else did_you_mean(action.name, declared_actions)
                             or "declared: " + ", ".join(f"`{a}`" for a in sorted(declared_actions)),
                         )
                 for cond in (rule.when, rule.unless):
@@ -246,6 +241,26 @@ class _Validator:
                         self._check_condition(cond, _Scope(rtype))
                 self._check_never_applies(rule)
             self._check_shadowed(res)
+
+    def _check_annotations(self, rule: ast.Rule) -> None:
+        ids = [a for a in rule.annotations if a.name.name == "id"]
+        for extra in ids[1:]:
+            self.error(
+                "duplicate_annotation",
+                "a rule has one `@id`; this one would be ignored",
+                extra.loc,
+                help=f"the rule is `{ids[0].value}`",
+            )
+        if ids and not ids[0].value.strip():
+            self.error("empty_rule_id", "`@id` is empty: a rule id names the rule", ids[0].loc)
+        for ann in rule.annotations:
+            if ann.name.name not in KNOWN_ANNOTATIONS:
+                self.warn(
+                    "unknown_annotation",
+                    f"annotation `@{ann.name.name}` has no meaning here",
+                    ann.name.loc,
+                    help=did_you_mean(ann.name.name, KNOWN_ANNOTATIONS),
+                )
 
     def _check_never_applies(self, rule: ast.Rule) -> None:
         when = _constant(rule.when) if rule.when is not None else True

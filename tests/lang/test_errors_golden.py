@@ -656,6 +656,46 @@ GOLDEN = [
         ],
         id="rule_outside_resource",
     ),
+    pytest.param(
+        'role v\nresource doc {\n  actions read\n  @id("a") @id("b")\n  permit v to read\n}\n',
+        [
+            "docs.pdp:4:12: error[duplicate_annotation]: a rule has one `@id`; this one would "
+            "be ignored",
+            '      @id("a") @id("b")',
+            "               ^^^^^^^^",
+            "  help: the rule is `a`",
+        ],
+        id="duplicate_annotation",
+    ),
+    pytest.param(
+        'role v\nresource doc {\n  actions read\n  @id(" ")\n  permit v to read\n}\n',
+        [
+            "docs.pdp:4:3: error[empty_rule_id]: `@id` is empty: a rule id names the rule",
+            '      @id(" ")',
+            "      ^^^^^^^^",
+        ],
+        id="empty_rule_id",
+    ),
+    pytest.param(
+        "role v\nresource doc {\n  actions read\n  permit v to any\n}\n",
+        [
+            "docs.pdp:4:15: error[unknown_action]: action `any` is not declared on resource `doc`",
+            "      permit v to any",
+            "                  ^^^",
+            "  help: every action is written `*`",
+        ],
+        id="unknown_action_any_is_star",
+    ),
+    pytest.param(
+        'role v\nresource doc {\n  actions read\n  @Id("x")\n  permit v to read\n}\n',
+        [
+            "docs.pdp:4:4: warning[unknown_annotation]: annotation `@Id` has no meaning here",
+            '      @Id("x")',
+            "       ^^",
+            "  help: did you mean `id`?",
+        ],
+        id="unknown_annotation_case",
+    ),
 ]
 
 
@@ -709,6 +749,8 @@ def test_every_documented_code_has_a_golden_text() -> None:
         "unreachable",
         "unknown_annotation",
         "duplicate_action",
+        "duplicate_annotation",
+        "empty_rule_id",
     }
     assert documented <= covered
 
