@@ -121,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
             return fail(exc.message)
     try:
         decisions = evaluate(policy, requests, bindings, now=now, explain=args.explain)
+    except RecursionError:
+        # The server limits nesting when it reads a request (limits.max_depth); here a
+        # list of lists hundreds deep can still reach a comparison.
+        return fail("request: a value is nested too deeply to compare")
     finally:
         if store is not None:
             store.close()

@@ -628,3 +628,24 @@ def test_an_unknown_option_gets_its_commands_usage_and_the_closest_option(
     with pytest.raises(SystemExit):
         main(["serve", "--port", "5000"])  # what other servers call it
     assert "`--listen HOST:PORT`, e.g. 127.0.0.1:50051" in capsys.readouterr().err
+
+
+def test_check_a_value_too_deep_to_compare(
+    capsys: pytest.CaptureFixture[str], write: Write
+) -> None:
+    policies = write(
+        "deep/p.pdp",
+        "resource document {\n  actions read\n  forbid any to read when subject.x == resource.x\n"
+        "  permit any to read\n}\n",
+    ).parent
+    deep = "[" * 900 + "]" * 900
+    request = write(
+        "deep.json",
+        '{"subject": {"type": "user", "id": "u", "properties": {"x": DEEP}}, '
+        '"action": {"name": "read"}, '
+        '"resource": {"type": "document", "id": "1", "properties": {"x": DEEP}}}'.replace(
+            "DEEP", deep
+        ),
+    )
+    code, out, err = run(capsys, "check", "--policies", policies, "--request", request)
+    assert (code, out, err) == (1, "", "error: request: a value is nested too deeply to compare\n")
