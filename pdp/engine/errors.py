@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 
 class EvalError(Exception):
@@ -32,6 +33,8 @@ def type_name(v: object) -> str:
         return "record"
     if v is None:
         return "null"
+    if isinstance(v, datetime):
+        return "time"  # as the language calls it (`time(...)`, `now()`)
     return type(v).__name__
 
 

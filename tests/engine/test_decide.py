@@ -474,6 +474,7 @@ def test_operators(expr: str, props: dict[str, Any], want: bool) -> None:
         ("resource.a contains 1", {"a": [True]}, "`contains` cannot look for an int among items"),
         ("resource.a < 3", {"a": float("nan")}, "`<` cannot compare NaN, which is not a number"),
         ("resource.a >= 3", {"a": float("nan")}, "`>=` cannot compare NaN"),
+        ("resource.a < now()", {"a": 1}, "`<` cannot compare an int with a time"),
     ],
 )
 def test_a_mismatch_is_an_error_not_a_false(expr: str, props: dict[str, Any], message: str) -> None:
