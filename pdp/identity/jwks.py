@@ -9,7 +9,10 @@ PyJWT keys (one per allowed algorithm the key fits), and cached:
   flood of tokens with made-up `kid`s costs the issuer one request per interval;
 - a failed fetch keeps the last good set, for up to `max_stale` seconds after it was
   loaded; after that (or if no set was ever loaded) verification fails with
-  `jwks_unavailable`.
+  `jwks_unavailable`;
+- until the first set is loaded, a request waits at most `first_load_wait` seconds
+  for a fetch that another request is making, then fails with `jwks_unavailable`; a
+  download from a URL has a deadline as a whole, not only per read.
 
 Keys are only ever taken from here: a token's own `jwk`, `jku` or `x5u` headers are
 ignored, so a token cannot bring the key that verifies it.
@@ -59,6 +62,7 @@ ALGORITHM_KEYS: Mapping[str, tuple[str, frozenset[str] | None]] = {
 }
 SUPPORTED_ALGORITHMS = frozenset(ALGORITHM_KEYS)
 MAX_JWKS_BYTES = 1024 * 1024
+_CHUNK = 64 * 1024
 
 Fetch = Callable[[], bytes]
 
@@ -92,21 +96,39 @@ def file_source(path: str | Path) -> Fetch:
     return fetch
 
 
-def url_source(url: str, *, timeout: float = 5.0) -> Fetch:
-    """Fetch the key set over HTTPS (plain HTTP only from a loopback address)."""
+def url_source(url: str, *, timeout: float = 5.0, deadline: float = 10.0) -> Fetch:
+    """Fetch the key set over HTTPS (plain HTTP only from a loopback address).
+
+    `timeout` bounds each network operation (connecting, each read); `deadline` the
+    whole download: the body is read in pieces against it, so a server that trickles
+    a byte at a time cannot keep a fetch going for longer than `deadline` plus one
+    read. At most `MAX_JWKS_BYTES` are read.
+    """
     check_jwks_url(url)
+    if timeout <= 0 or deadline <= 0:
+        raise ValueError("`timeout` and `deadline` must be positive")
     request = urllib.request.Request(
         url, headers={"Accept": "application/json", "User-Agent": "pdp-jwks"}
     )
 
     def fetch() -> bytes:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        give_up = time.monotonic() + deadline
+        with urllib.request.urlopen(request, timeout=min(timeout, deadline)) as resp:
             # A redirect must not take us off TLS.
             check_jwks_url(resp.geturl())
-            data: bytes = resp.read(MAX_JWKS_BYTES + 1)
-        if len(data) > MAX_JWKS_BYTES:
-            raise JwksError(f"{url}: larger than {MAX_JWKS_BYTES} bytes")
-        return data
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                if time.monotonic() >= give_up:
+                    raise JwksError(f"{url}: not downloaded within {deadline:g} s")
+                chunk: bytes = resp.read1(_CHUNK)  # what has arrived: one read at most
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_JWKS_BYTES:
+                    raise JwksError(f"{url}: larger than {MAX_JWKS_BYTES} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     return fetch
 
@@ -235,10 +257,14 @@ class JwksCache:
     """A `KeySource` over a fetch function, with TTL, refresh on unknown kid, rate limit.
 
     Thread-safe. Readers take the current set without locking (one reference read).
-    Only the very first load makes callers wait for a fetch; afterwards a fetch never
-    holds up a request that the current set can answer: an expired set is refreshed in
-    the background, and a token with an unknown `kid` waits only if no other fetch is
-    under way (else it is judged on the current set).
+    Only the very first load makes callers wait for a fetch, and then boundedly: the
+    request that finds no set fetches it, and any other that arrives meanwhile waits at
+    most `first_load_wait` seconds for that fetch before it is refused
+    (`JwksError`, audited as `jwks_unavailable`), so a slow issuer cannot tie up the
+    server's threads. Afterwards a fetch never holds up a request that the current set
+    can answer: an expired set is refreshed in the background, and a token with an
+    unknown `kid` waits only if no other fetch is under way (else it is judged on the
+    current set).
     """
 
     def __init__(
@@ -252,10 +278,13 @@ class JwksCache:
         clock: Callable[[], float] = time.monotonic,
         name: str = "JWKS",
         spawn: Callable[[Callable[[], object]], None] | None = None,
+        first_load_wait: float = 0.5,
     ) -> None:
         bad = set(algorithms) - SUPPORTED_ALGORITHMS
         if bad:
             raise ValueError(f"unsupported algorithms: {', '.join(sorted(bad))}")
+        if first_load_wait < 0:
+            raise ValueError("`first_load_wait` must not be negative")
         self._fetch = fetch
         self._algorithms = frozenset(algorithms)
         self._ttl = ttl
@@ -265,6 +294,7 @@ class JwksCache:
         self._name = name
         # How a background refresh is run: a daemon thread; tests run it inline.
         self._spawn = spawn or _daemon_thread
+        self._first_load_wait = first_load_wait
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
         self._loaded_at = 0.0
@@ -276,27 +306,30 @@ class JwksCache:
         now = self._clock()
         keys = self._keys
         if keys is None:
-            keys = self._refresh(now, wait=True)
+            keys = self._refresh(now, wait=self._first_load_wait)
         elif now - self._loaded_at >= self._ttl and not self._lock.locked():
-            self._spawn(lambda: self._refresh(now, wait=False))
+            self._spawn(lambda: self._refresh(now, wait=0))
         if keys is None:
-            raise JwksError(f"{self._name}: no key set loaded ({self.last_error or 'not yet'})")
+            why = self.last_error or "its first fetch is still under way"
+            raise JwksError(f"{self._name}: no key set loaded ({why})")
         if now - self._loaded_at > self._max_stale:
             raise JwksError(f"{self._name}: key set older than {self._max_stale:g} s")
         found = keys.find(kid, alg)
         if found is None:
             # Maybe the issuer rotated keys since we fetched: look again, rate-limited.
-            refreshed = self._refresh(now, wait=False)
+            refreshed = self._refresh(now, wait=0)
             if refreshed is not None and refreshed is not keys:
                 found = refreshed.find(kid, alg)
         return found
 
-    def _refresh(self, now: float, *, wait: bool) -> KeySet | None:
+    def _refresh(self, now: float, *, wait: float) -> KeySet | None:
         """Fetch now unless an attempt was made in the last `min_refresh_interval`.
 
-        `wait=False`: if another thread is fetching, return the current set at once.
+        If another thread is fetching, wait at most `wait` seconds for it (0: not at
+        all), then return the set as it is.
         """
-        if not self._lock.acquire(blocking=wait):
+        got = self._lock.acquire(timeout=wait) if wait > 0 else self._lock.acquire(False)
+        if not got:
             return self._keys
         try:
             if self._attempted_at is not None and now - self._attempted_at < self._min_interval:

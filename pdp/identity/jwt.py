@@ -15,7 +15,9 @@ Verification, in order (the first failure is the cause recorded):
    configured audiences → `wrong_audience`; `exp` required and not passed, `nbf` and
    `iat` not in the future, each with `leeway` seconds of tolerance for clock skew
    → `token_expired` / `token_not_yet_valid`; a claim absent → `missing_claim`
-6. the subject claims mapped to a subject id, type and properties → `bad_claim`
+6. the subject claims mapped to a subject id, type and properties: the subject (or
+   type) claim absent → `missing_claim`; present but not a usable id or type, or
+   scopes that are not a string or a list of strings → `bad_claim`
 7. the revocation check (by `jti`, or by subject and issue time) → `token_revoked`
 
 The claims are checked here rather than by PyJWT so that they are checked against
@@ -24,8 +26,8 @@ PyJWT (a well-kept JOSE library) does the cryptography: decoding, key parsing an
 signature verification.
 
 Revocation makes the stateless token hybrid: `is_revoked(jti, subject, issued_at)`
-is any callable; the SQL store supplies one in phase 2 (`pdp tokens revoke`);
-`MemoryRevocations` is the in-memory version.
+is any callable; the server gives a `revocation.RevocationCache` over the SQL store's
+list (`pdp tokens revoke`); `MemoryRevocations` is the in-memory version.
 """
 
 from __future__ import annotations
@@ -239,9 +241,9 @@ class JwtResolver:
         if problem is not None:
             return fail(*problem)
         mapped = self._subject(claims)
-        if isinstance(mapped, str):
-            return fail(Cause.BAD_CLAIM, detail=mapped)
-        subject, scopes = mapped
+        if not isinstance(mapped, _Mapped):
+            return fail(*mapped)
+        subject, scopes = mapped.subject, mapped.scopes
         issued_at = _time(claims.get("iat"))
         if self._is_revoked is not None:
             try:
@@ -293,20 +295,25 @@ class JwtResolver:
             return Cause.TOKEN_NOT_YET_VALID, f"iat in {iat - now:.0f} s"
         return None
 
-    def _subject(self, claims: Mapping[str, Any]) -> tuple[Subject, tuple[str, ...]] | str:
+    def _subject(self, claims: Mapping[str, Any]) -> _Mapped | tuple[Cause, str]:
         """The subject and scopes the claims name, or what is wrong with them."""
         m = self._s.claims
         sid = claim(claims, m.subject_id)
         if sid is None:
-            return f"no `{m.subject_id}` claim"
+            return Cause.MISSING_CLAIM, m.subject_id
         stype: object = m.subject_type
         if m.type_claim:
             stype = claim(claims, m.type_claim)
+            if stype is None:
+                return Cause.MISSING_CLAIM, m.type_claim
             if stype not in m.allowed_types:
-                return f"`{m.type_claim}` is {clip(stype)}, not one of the allowed types"
+                return (
+                    Cause.BAD_CLAIM,
+                    f"`{m.type_claim}` is {clip(stype)}, not one of the allowed types",
+                )
         problem = subject_problem(stype, sid)
         if problem:
-            return problem
+            return Cause.BAD_CLAIM, problem
         assert isinstance(stype, str) and isinstance(sid, str)  # checked just above
         props = without_none({name: claim(claims, path) for name, path in m.properties.items()})
         scopes: tuple[str, ...] = ()
@@ -317,8 +324,8 @@ class JwtResolver:
             elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
                 scopes = tuple(raw)
             elif raw is not None:
-                return f"`{m.scopes}` is not a string or a list of strings"
-        return Subject(stype, sid, MappingProxyType(props)), scopes
+                return Cause.BAD_CLAIM, f"`{m.scopes}` is not a string or a list of strings"
+        return _Mapped(Subject(stype, sid, MappingProxyType(props)), scopes)
 
 
 def claim(claims: Mapping[str, Any], path: str) -> Any:
@@ -348,6 +355,14 @@ def _time(v: object) -> datetime | None:
         return datetime.fromtimestamp(v, UTC)
     except (OverflowError, ValueError, OSError):
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Mapped:
+    """What the claims say about who is asking."""
+
+    subject: Subject
+    scopes: tuple[str, ...]
 
 
 class _Fail:

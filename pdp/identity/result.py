@@ -52,7 +52,7 @@ class Cause(StrEnum):
     TOKEN_NOT_YET_VALID = "token_not_yet_valid"  # `nbf` (or `iat`) in the future
     WRONG_ISSUER = "wrong_issuer"
     WRONG_AUDIENCE = "wrong_audience"
-    MISSING_CLAIM = "missing_claim"  # `exp`, `iss`, `aud` or the subject claim is absent
+    MISSING_CLAIM = "missing_claim"  # `exp`, `iss`, `aud`, the subject or type claim absent
     BAD_CLAIM = "bad_claim"  # a claim of the wrong type, or not a usable subject id/type
     TOKEN_REVOKED = "token_revoked"  # its `jti`, or every token of its subject before a time
     # API keys.

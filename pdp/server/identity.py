@@ -20,10 +20,16 @@ from pdp.identity.jwks import JwksCache, file_source, url_source
 from pdp.identity.jwt import ClaimMapping, JwtResolver, JwtSettings
 from pdp.identity.resolver import Authenticator, Resolver
 from pdp.identity.result import CredentialKind
+from pdp.identity.revocation import RevocationCache
 from pdp.identity.sessions import SessionResolver
 from pdp.server.config import IdentityConfig, ServerConfig
 
 log = logging.getLogger("pdp.server")
+
+# How long a bearer check may wait for the revocation list to be read, when the copy
+# in hand is too old to use (after a quiet spell) or there is none yet; past it the
+# token is refused (`store_unavailable`). Envoy gives a whole check 0.25 s by default.
+REVOCATION_WAIT = 1.0
 
 
 class IdentitySetupError(Exception):
@@ -149,9 +155,11 @@ def _jwt_resolver(ident: IdentityConfig, store: object) -> JwtResolver:
         min_refresh_interval=j.jwks_min_refresh,
         name=j.jwks_file or j.jwks_url,
     )
-    revoked = SqlTokenRevocations(store).checker(
-        j.issuer,
+    revocations = SqlTokenRevocations(store)
+    revoked = RevocationCache(
+        lambda: revocations.snapshot(j.issuer),
         refresh_interval=j.revocation_refresh,
         max_staleness=max(60.0, 12 * j.revocation_refresh),
+        wait=REVOCATION_WAIT,
     )
     return JwtResolver(settings, keys, is_revoked=revoked)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pdp.identity.jwks import (
+    MAX_JWKS_BYTES,
     JwksCache,
     JwksError,
     check_jwks_url,
@@ -260,3 +262,131 @@ def test_url_source_fetches_over_http_on_loopback(jwks_server: tuple[str, list[i
     assert c.key("srv", "RS256") is not None
     assert c.key("srv", "RS256") is not None
     assert len(hits) == 1
+
+
+def test_requests_do_not_queue_behind_a_slow_first_fetch() -> None:
+    """Regression: before the first set loaded, every bearer check waited for the one
+    fetch under way, however long the issuer took: enough of them took every thread
+    of the server. Now they wait a short, bounded time and are refused."""
+    release, started = threading.Event(), threading.Event()
+    body = jwks(public_jwk(rsa_key(), "k"))
+
+    def slow() -> bytes:
+        started.set()
+        release.wait(30)
+        return body
+
+    c = JwksCache(slow, algorithms=("RS256",), first_load_wait=0.2)
+    first: list[object] = []
+    fetcher = threading.Thread(target=lambda: first.append(c.key("k", "RS256")), daemon=True)
+    fetcher.start()
+    try:
+        assert started.wait(5)
+        errors: list[str] = []
+
+        def ask() -> None:
+            try:
+                c.key("k", "RS256")
+            except JwksError as exc:
+                errors.append(str(exc))
+
+        began = time.monotonic()
+        others = [threading.Thread(target=ask, daemon=True) for _ in range(10)]
+        for t in others:
+            t.start()
+        for t in others:
+            t.join(5)
+        assert not any(t.is_alive() for t in others), "requests queued behind the fetch"
+        assert time.monotonic() - began < 3
+        assert len(errors) == 10 and "still under way" in errors[0]
+        assert c.fetches == 1
+    finally:
+        release.set()
+    fetcher.join(5)
+    assert first and first[0] is not None
+    assert c.key("k", "RS256") is not None  # loaded: answered at once from now on
+
+
+@pytest.fixture
+def trickle_server() -> Iterator[tuple[str, threading.Event]]:
+    """A key set server that sends its body one byte every 20 ms until stopped."""
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            while not stop.wait(0.02):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", stop
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_a_download_has_a_deadline_as_a_whole(
+    trickle_server: tuple[str, threading.Event],
+) -> None:
+    """Regression: `timeout` bounded each read only, so a server trickling bytes kept a
+    fetch (and, before the first load, the key-set lock) for as long as it liked."""
+    url, stop = trickle_server
+    fetch = url_source(url, timeout=2.0, deadline=0.5)
+    outcome: list[BaseException | bytes] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fetch())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    began = time.monotonic()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(5)
+    stop.set()  # lets a fetch without a deadline end too
+    assert not t.is_alive() and outcome, "the download went on past its deadline"
+    assert time.monotonic() - began < 3
+    assert isinstance(outcome[0], JwksError) and "within 0.5 s" in str(outcome[0])
+
+
+def test_a_download_larger_than_the_cap_is_refused() -> None:
+    big = b" " * (MAX_JWKS_BYTES + 10)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()  # no length: the body ends when the connection does
+            self.wfile.write(big)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        fetch = url_source(f"http://127.0.0.1:{server.server_address[1]}/jwks.json", timeout=2.0)
+        with pytest.raises(JwksError, match="larger than"):
+            fetch()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -152,7 +152,7 @@ def test_an_audience_list_needs_only_to_contain_ours() -> None:
         ({"iss": None}, Cause.MISSING_CLAIM),
         ({"aud": None}, Cause.MISSING_CLAIM),
         ({"exp": None}, Cause.MISSING_CLAIM),
-        ({"sub": None}, Cause.BAD_CLAIM),
+        ({"sub": None}, Cause.MISSING_CLAIM),
         ({"sub": "alice smith"}, Cause.BAD_CLAIM),  # would break `type:id` and headers
         ({"sub": "alice\r\nx-pdp-subject: admin"}, Cause.BAD_CLAIM),
         ({"sub": 42}, Cause.BAD_CLAIM),
@@ -391,6 +391,23 @@ def test_claims_map_to_subject_type_id_and_nested_properties() -> None:
     assert dict(ident.subject.properties) == {"roles": ["reader"], "tenant": "acme"}
     assert ident.scopes == ("a", "b")
     assert cause(r.resolve(token(preferred_username="x", typ="admin"), NOW)) is Cause.BAD_CLAIM
+    assert cause(r.resolve(token(preferred_username="x"), NOW)) is Cause.MISSING_CLAIM  # no typ
+
+
+def test_a_token_without_its_subject_claim_is_a_missing_claim() -> None:
+    """The audit log says which claim was absent, as for `iss`, `aud` and `exp`; a
+    subject claim that is present but unusable stays `bad_claim`."""
+    r, _, _ = resolver()
+    result = r.resolve(token(sub=None), NOW)
+    assert isinstance(result, AuthnFailure)
+    assert result.audit() == {
+        "result": "failed",
+        "cause": "missing_claim",
+        "method": "bearer",
+        "credential": "tok-1",
+        "detail": "sub",
+    }
+    assert cause(r.resolve(token(sub=""), NOW)) is Cause.BAD_CLAIM
 
 
 def test_claim_paths() -> None:
