@@ -40,6 +40,7 @@ from pdp.store.sql import SqlStore
 from pdp.v1 import decision_pb2 as pb
 from pdp.v1 import decision_pb2_grpc as pb_grpc
 from tests.envoy.support import check_request
+from tests.httpd import serving, trickling
 from tests.identity.keys import (
     AUDIENCE,
     ISSUER,
@@ -789,76 +790,55 @@ def test_a_slow_first_key_set_download_does_not_take_every_thread(tmp_path: Path
     checks timed out too. Now bearer checks are refused (`jwks_unavailable`) after a
     short wait and everything else is answered meanwhile."""
     stop = threading.Event()
-
-    class Trickle(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            while not stop.wait(0.1):
-                try:
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                except OSError:
-                    return
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    issuer = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    issuer.daemon_threads = True
-    threading.Thread(target=issuer.serve_forever, daemon=True).start()
-    db = f"sqlite:///{tmp_path / 'pdp.db'}"
-    cfg = _config(
-        tmp_path,
-        db,
-        routes=ROUTES,
-        flags={
-            "audit.path": str(tmp_path / "audit"),
-            "envoy.enabled": True,
-            "identity.jwt.issuer": ISSUER,
-            "identity.jwt.audiences": [AUDIENCE],
-            "identity.jwt.algorithms": ["RS256"],
-            "identity.jwt.jwks_url": f"http://127.0.0.1:{issuer.server_port}/jwks.json",
-            "identity.apikeys.enabled": True,
-        },
-    )
-    with SqlStore(db) as store:
-        key = (
-            ApiKeys(SqlApiKeys(store), KeyHasher(PEPPER.encode()))
-            .create("service", "billing", now=now())
-            .key
+    with serving(trickling(stop, 0.1)) as base:
+        db = f"sqlite:///{tmp_path / 'pdp.db'}"
+        cfg = _config(
+            tmp_path,
+            db,
+            routes=ROUTES,
+            flags={
+                "audit.path": str(tmp_path / "audit"),
+                "envoy.enabled": True,
+                "identity.jwt.issuer": ISSUER,
+                "identity.jwt.audiences": [AUDIENCE],
+                "identity.jwt.algorithms": ["RS256"],
+                "identity.jwt.jwks_url": f"{base}/jwks.json",
+                "identity.apikeys.enabled": True,
+            },
         )
-    server = PdpServer(cfg)
-    port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        envoy = external_auth_pb2_grpc.AuthorizationStub(channel)
-        tok = bearer(jwt_now())
-        pending = [
-            envoy.Check.future(check_request("GET", DOC, tok), timeout=30) for _ in range(20)
-        ]
-        time.sleep(0.3)  # the bearer checks are in: one fetching, the others waiting
-        began = time.monotonic()
-        resp = envoy.Check(check_request("GET", DOC, [("x-api-key", key)]), timeout=5)
-        assert resp.HasField("ok_response")  # answered, and allowed
-        assert time.monotonic() - began < 3
-        # Every bearer check but the one fetching is refused within a short wait.
-        wait_for(lambda: sum(f.done() for f in pending) >= 19, timeout=5, what="refusals")
-        refused = [f.result() for f in pending if f.done()]
-        assert all(r.denied_response.status.code == 403 for r in refused)
-        ids = {dict(header_values(r))["x-pdp-decision-id"] for r in refused}
-        wait_for(lambda: ids <= {r.decision_id for r in _all_records(tmp_path / "audit")})
-        causes = {
-            r.authn["cause"]
-            for r in _all_records(tmp_path / "audit")
-            if r.decision_id in ids and r.authn is not None
-        }
-        assert causes == {"jwks_unavailable"}
-    finally:
-        stop.set()  # the download ends: the fetching check is answered too
-        channel.close()
-        server.stop(0.5)
-        issuer.shutdown()
-        issuer.server_close()
+        with SqlStore(db) as store:
+            key = (
+                ApiKeys(SqlApiKeys(store), KeyHasher(PEPPER.encode()))
+                .create("service", "billing", now=now())
+                .key
+            )
+        server = PdpServer(cfg)
+        port = server.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            envoy = external_auth_pb2_grpc.AuthorizationStub(channel)
+            tok = bearer(jwt_now())
+            pending = [
+                envoy.Check.future(check_request("GET", DOC, tok), timeout=30) for _ in range(20)
+            ]
+            time.sleep(0.3)  # the bearer checks are in: one fetching, the others waiting
+            began = time.monotonic()
+            resp = envoy.Check(check_request("GET", DOC, [("x-api-key", key)]), timeout=5)
+            assert resp.HasField("ok_response")  # answered, and allowed
+            assert time.monotonic() - began < 3
+            # Every bearer check but the one fetching is refused within a short wait.
+            wait_for(lambda: sum(f.done() for f in pending) >= 19, timeout=5, what="refusals")
+            refused = [f.result() for f in pending if f.done()]
+            assert all(r.denied_response.status.code == 403 for r in refused)
+            ids = {dict(header_values(r))["x-pdp-decision-id"] for r in refused}
+            wait_for(lambda: ids <= {r.decision_id for r in _all_records(tmp_path / "audit")})
+            causes = {
+                r.authn["cause"]
+                for r in _all_records(tmp_path / "audit")
+                if r.decision_id in ids and r.authn is not None
+            }
+            assert causes == {"jwks_unavailable"}
+        finally:
+            stop.set()  # the download ends: the fetching check is answered too
+            channel.close()
+            server.stop(0.5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import threading
 import time
@@ -20,6 +19,7 @@ from pdp.identity.jwks import (
     parse_jwks,
     url_source,
 )
+from tests.httpd import answering, serving, trickling
 from tests.identity.keys import ec_key, ed_key, jwks, public_jwk, rsa_key
 
 ALL = ("RS256", "PS256", "ES256", "ES384", "EdDSA")
@@ -233,27 +233,12 @@ def jwks_server() -> Iterator[tuple[str, list[int]]]:
     body = jwks(public_jwk(rsa_key(), "srv"))
     hits: list[int] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(1)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def counted() -> bytes:
+        hits.append(1)
+        return body
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", hits
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(answering(counted)) as base:
+        yield f"{base}/jwks.json", hits
 
 
 def test_url_source_fetches_over_http_on_loopback(jwks_server: tuple[str, list[int]]) -> None:
@@ -311,34 +296,11 @@ def test_requests_do_not_queue_behind_a_slow_first_fetch() -> None:
 def trickle_server() -> Iterator[tuple[str, threading.Event]]:
     """A key set server that sends its body one byte every 20 ms until stopped."""
     stop = threading.Event()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            while not stop.wait(0.02):
-                try:
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                except OSError:
-                    return
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", stop
+        with serving(trickling(stop, 0.02)) as base:
+            yield f"{base}/jwks.json", stop
     finally:
         stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_a_download_has_a_deadline_as_a_whole(
@@ -368,25 +330,8 @@ def test_a_download_has_a_deadline_as_a_whole(
 
 def test_a_download_larger_than_the_cap_is_refused() -> None:
     big = b" " * (MAX_JWKS_BYTES + 10)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()  # no length: the body ends when the connection does
-            self.wfile.write(big)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        fetch = url_source(f"http://127.0.0.1:{server.server_address[1]}/jwks.json", timeout=2.0)
+    # No Content-Length: the body ends when the connection does.
+    with serving(answering(lambda: big, length=False)) as base:
+        fetch = url_source(f"{base}/jwks.json", timeout=2.0)
         with pytest.raises(JwksError, match="larger than"):
             fetch()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
