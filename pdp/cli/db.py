@@ -80,6 +80,8 @@ def _current(args: argparse.Namespace) -> int:
                 "schema": have,
                 "head": head,
                 "current": have == head,
+                # Migrated by a newer pdp: upgrade pdp, not the database.
+                "newer": have is not None and not migrate.known(have),
                 "revision": revision,
             }
         )
@@ -87,6 +89,12 @@ def _current(args: argparse.Namespace) -> int:
     if have is None:
         out.print(
             f"{url}: no pdp schema (run `pdp db upgrade`); this pdp needs {head}", markup=False
+        )
+    elif not migrate.known(have):
+        out.print(
+            f"{url}: schema {have}, from a newer pdp; this one knows schemas up to {head} "
+            "(upgrade pdp; do not downgrade the database)",
+            markup=False,
         )
     elif have != head:
         out.print(

@@ -114,14 +114,24 @@ def role_catalog(args: argparse.Namespace) -> RoleCatalog | None:
     return RoleCatalog.from_policy_set(result.policy_set)
 
 
-def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | None:
-    """`--expires`: ISO 8601 (UTC when no zone) or a duration from now: 30d, 12h, 2w, 90m."""
+def parse_expiry(
+    text: str | None, now: datetime | None = None, *, option: str = "--expires"
+) -> datetime | None:
+    """`--expires`: ISO 8601 (UTC when no zone) or a duration from now: 30d, 12h, 2w, 90m.
+
+    `option` names the flag in messages."""
     if text is None:
         return None
     m = _RELATIVE.match(text.strip())
     if m:
-        delta = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-        return ((now or datetime.now(UTC)) + delta).replace(microsecond=0)
+        try:
+            delta = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+            return ((now or datetime.now(UTC)) + delta).replace(microsecond=0)
+        except (OverflowError, ValueError):  # past year 9999, or more digits than int() takes
+            raise ValueError(
+                f"{option} `{text}` is too far in the future: the store holds times up to "
+                "the year 9999"
+            ) from None
     try:
         return parse_time(text)
     except ValueError:

@@ -66,6 +66,16 @@ class SqlStoreBackend(RoleBackend):
             store = SqlStore(self.url)
         except StoreError as exc:
             raise RoleBackendError(exc.message) from None
+        except Exception as exc:
+            # Anything else (a driver's own error) is still one line, never a dead
+            # loading thread and a server that listens but never serves.
+            from pdp.store.config import redact, redact_text
+
+            first = str(exc).strip().splitlines()
+            reason = redact_text(first[0]) if first else type(exc).__name__
+            raise RoleBackendError(
+                f"the store at {redact(self.url)} cannot be opened: {reason}"
+            ) from None
         cache = CachedRoleSource(
             store, poll_interval=self.poll_interval, max_staleness=self.max_staleness
         ).start()

@@ -100,9 +100,14 @@ class CachedRoleSource:
         self._roles: LRUCache[tuple[str, tuple[str, ...]], _Entry] = LRUCache(maxsize)
         self._attrs: LRUCache[str, tuple[int, Mapping[str, Any]]] = LRUCache(maxsize)
         self._revision: int | None = None
+        self._generation = store.generation  # see SqlStore.generation
         self._confirmed = float("-inf")  # clock() of the last successful contact
         self._down = False
+        self._down_since = 0.0
+        self._past_bound = False  # logged that the staleness bound has passed
         self._last_error: str | None = None
+        # Guards the up/down transitions, so each is logged once, never per call.
+        self._state_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: psycopg.Connection[Any] | None = None
@@ -144,11 +149,11 @@ class CachedRoleSource:
             return entry.roles(now)
         self._before_query()
         self.misses += 1
+        generation = self.store.generation
         lookup = self._query(lambda: self.store.lookup(subject, key[1], now))
         entry = _Entry.of(lookup, now)
         with self._lock:
-            self._observe(lookup.revision, authoritative=False)
-            if lookup.revision == self._revision:
+            if self._observe(lookup.revision, authoritative=False, generation=generation):
                 self._roles[key] = entry
         return entry.roles(now)
 
@@ -161,13 +166,13 @@ class CachedRoleSource:
             return cached[1]
         self._before_query()
         self.misses += 1
+        generation = self.store.generation
         # INVARIANT: the revision is read before the attributes, so the tag can only be
         # older than the data: a change in between makes the next poll drop the entry.
         revision = self._query(self.store.revision)
         attrs = self._query(lambda: self.store.attributes(subject))
         with self._lock:
-            self._observe(revision, authoritative=False)
-            if revision == self._revision:
+            if self._observe(revision, authoritative=False, generation=generation):
                 self._attrs[subject] = (revision, attrs)
         return attrs
 
@@ -204,6 +209,15 @@ class CachedRoleSource:
             return
         age = self._clock() - self._confirmed
         if age > self.max_staleness:
+            with self._state_lock:
+                first, self._past_bound = not self._past_bound, True
+            if first:
+                log.warning(
+                    "the bindings store has not answered for %.1f s, past the staleness "
+                    "bound of %g s: every lookup is denied until it answers",
+                    age,
+                    self.max_staleness,
+                )
             raise StoreUnavailable(
                 f"the bindings store has not answered for {age:.1f} s, longer than the "
                 f"staleness bound of {self.max_staleness:g} s: {self._last_error}"
@@ -216,25 +230,62 @@ class CachedRoleSource:
         except StoreUnavailable as exc:
             self._mark_down(exc)
             raise
-        self._confirmed = self._clock()
-        self._down = False
+        self._mark_up()
         return result
 
-    def _observe(self, revision: int, *, authoritative: bool) -> None:
-        """Adopt `revision`, dropping the cache if it moved. Call with the lock held.
+    def _observe(self, revision: int, *, authoritative: bool, generation: int) -> bool:
+        """Adopt `revision`, dropping the cache if it moved; whether what was read at
+        `revision` (with the store at `generation`) may be cached. Call with the lock held.
 
         Only the watcher may move the revision backwards (a restored database); a
-        slow query that read an older snapshot must not undo a newer revision.
+        slow query that read an older snapshot must not undo a newer revision. A new
+        generation (the SQLite file replaced) drops everything: the new file's
+        revisions say nothing about the old one's.
         """
+        now_generation = self.store.generation
+        if now_generation != self._generation:
+            self._generation = now_generation
+            self._clear()
+            self._revision = None
+        if generation != now_generation:
+            # Read while the file was being swapped: from either file. Answer, but
+            # neither cache it nor trust its revision; the next poll settles it.
+            return False
         known = self._revision
         if known is None or revision > known or (authoritative and revision != known):
             if known is not None:
                 self._clear()
             self._revision = revision
+        return revision == self._revision
 
     def _mark_down(self, exc: StoreError) -> None:
-        self._down = True
-        self._last_error = exc.message
+        """Lookups fail: logged once when the outage starts, not per call."""
+        with self._state_lock:
+            started = not self._down
+            self._down = True
+            self._last_error = exc.message
+            if started:
+                self._down_since = self._clock()
+        if started:
+            log.warning(
+                "the bindings store is unavailable: %s; cached lookups are served for up to "
+                "%g s after the last answer, the others are denied",
+                exc.message,
+                self.max_staleness,
+            )
+
+    def _mark_up(self) -> None:
+        """A query or poll succeeded: confirmed now; logged once when an outage ends."""
+        self._confirmed = self._clock()
+        if not self._down:  # the hot path: no lock
+            return
+        with self._state_lock:
+            ended = self._down
+            self._down = False
+            self._past_bound = False
+            lasted = self._clock() - self._down_since
+        if ended:
+            log.info("the bindings store answers again, after %.1f s unavailable", lasted)
 
     def status(self) -> CacheStatus:
         """Where the cache stands, for health checks."""
@@ -258,15 +309,15 @@ class CachedRoleSource:
 
     def poll(self) -> None:
         """Read the revision once and adopt it (what the watcher does every interval)."""
+        generation = self.store.generation
         try:
             revision = self.store.revision()
         except StoreUnavailable as exc:
             self._mark_down(exc)
             raise
         with self._lock:
-            self._observe(revision, authoritative=True)
-            self._confirmed = self._clock()
-            self._down = False
+            self._observe(revision, authoritative=True, generation=generation)
+        self._mark_up()
 
     def _watch(self) -> None:
         try:

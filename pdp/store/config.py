@@ -51,6 +51,15 @@ def parse_url(text: str | URL) -> URL:
             raise InvalidInput(
                 f"unsupported SQLite driver in `{redact(url)}`; use `sqlite:///FILE`"
             )
+        if url.host or url.username or url.password or url.port:
+            # `sqlite://tmp/x.db` reads as host `tmp`, file `x.db`: a slash too few.
+            path = "/".join(p for p in (url.host or "", url.database or "") if p) or "FILE"
+            what = f"names a host (`{url.host}`)" if url.host else "has a user or port"
+            raise InvalidInput(
+                f"`{redact(url)}` {what}, and a SQLite URL has none: write "
+                f"`sqlite:///{path}` for a path relative to the working directory or "
+                f"`sqlite:////{path}` for an absolute one"
+            )
         return url
     raise InvalidInput(
         f"unsupported database `{backend}` in `{redact(url)}`; use `sqlite:///FILE` "
@@ -88,7 +97,12 @@ def resolve_url(flag: str | None = None, config: Mapping[str, Any] | None = None
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Settings of the store and of the PDP's cache of it (the `store:` config section)."""
+    """Settings of the store and of a cache of it, for code that embeds them.
+
+    `pdp serve` does not read this: its settings (`store.url`, `store.poll_interval`,
+    `store.max_staleness`, `store.bindings_file`) are in `pdp.server.config`, and the
+    other values here are the fixed defaults it runs with (docs/store.md).
+    """
 
     url: str = DEFAULT_URL
     # How often the revision is polled (any database); LISTEN/NOTIFY is immediate.

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pdp.engine.bindings import Bindings, RoleBinding, group_cycle
+from pdp.engine.bindings import Bindings, RoleBinding
+from pdp.lang.graph import cycles
+from pdp.store.document import Places
 from pdp.store.errors import InvalidInput
-from pdp.store.validate import GROUP_TYPE, RoleCatalog
+from pdp.store.validate import GROUP_TYPE, MAX_ROLE_BYTES, RoleCatalog, check_length
 
 BindingKey = tuple[str, str, str]  # (subject, scope, role)
 
@@ -85,8 +87,17 @@ class ImportPlan:
         )
 
 
+MAX_CYCLES_SHOWN = 20
+
+
+def refused(problems: list[str]) -> InvalidInput:
+    return InvalidInput("the import was refused, nothing changed:\n  " + "\n  ".join(problems))
+
+
 def check_document(doc: Bindings, roles: RoleCatalog | None) -> None:
-    """Problems that need no stored state: undeclared roles, conflicting duplicates."""
+    """Problems that need no stored state: undeclared roles, conflicting duplicates,
+    keys too long to store. (A document read by `parse_document` has none of them left;
+    this is for `Bindings` made in code.)"""
     problems: list[str] = []
     if roles is not None:
         problems += roles.check_all(rb.role for rb in doc.bindings)
@@ -99,14 +110,59 @@ def check_document(doc: Bindings, roles: RoleCatalog | None) -> None:
                 "with different expiries"
             )
         seen[k] = rb.expires
+        for why in (
+            check_length(rb.subject, "subject"),
+            check_length(rb.scope, "scope"),
+            check_length(rb.role, "role name", MAX_ROLE_BYTES),
+        ):
+            if why:
+                problems.append(why)
+    keys = set(doc.subjects) | set(doc.groups) | {m for ms in doc.groups.values() for m in ms}
+    problems += sorted(filter(None, (check_length(k, "subject") for k in keys)))
     for g in doc.groups:
         if not g.startswith(GROUP_TYPE + ":"):
             problems.append(f"`{g}` is not a group; group ids are `group:<name>`")
     if problems:
-        raise InvalidInput("the import was refused, nothing changed:\n  " + "\n  ".join(problems))
+        raise refused(problems)
 
 
-def plan_import(doc: Bindings, stored: StoredState, *, replace: bool, now: datetime) -> ImportPlan:
+def cycle_problems(
+    memberships: set[tuple[str, str]], stored: set[tuple[str, str]], places: Places | None
+) -> list[str]:
+    """Every cycle the groups would form, each link named: the file's entry, or the store."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for g, m in memberships:
+        graph[g].add(m)
+    problems: list[str] = []
+    for n, cycle in enumerate(cycles({g: sorted(ms) for g, ms in sorted(graph.items())})):
+        if n == MAX_CYCLES_SHOWN:
+            problems.append("… and more cycles")
+            break
+        links = []
+        for g, m in zip(cycle, cycle[1:], strict=False):
+            if (g, m) in stored:
+                links.append(f"`{m}` in `{g}`: in the store")
+            else:
+                at = places.membership(g, m) if places is not None else None
+                links.append(f"`{m}` in `{g}`: {at or 'in the document'}")
+        problems.append(
+            "groups would contain each other in a cycle: "
+            + " → ".join(f"`{x}`" for x in cycle)
+            + " ("
+            + "; ".join(links)
+            + ")"
+        )
+    return problems
+
+
+def plan_import(
+    doc: Bindings,
+    stored: StoredState,
+    *,
+    replace: bool,
+    now: datetime,
+    places: Places | None = None,
+) -> ImportPlan:
     """The changes that make `stored` hold `doc` (merge, or `replace` what it lacks).
 
     Merge: subjects listed get exactly the document's attributes; memberships and
@@ -124,15 +180,10 @@ def plan_import(doc: Bindings, stored: StoredState, *, replace: bool, now: datet
     if replace:
         plan.remove_members = sorted(stored.memberships - doc_members)
     # A cycle may need both halves: one in the document, one in the store.
-    graph: dict[str, set[str]] = defaultdict(set)
-    for g, m in (stored.memberships | doc_members) - set(plan.remove_members):
-        graph[g].add(m)
-    cycle = group_cycle(graph)
-    if cycle:
-        raise InvalidInput(
-            "the import was refused, nothing changed: groups would contain each other "
-            "in a cycle: " + " → ".join(f"`{x}`" for x in cycle)
-        )
+    kept = stored.memberships - set(plan.remove_members)
+    problems = cycle_problems(kept | doc_members, kept - doc_members, places)
+    if problems:
+        raise refused(problems)
 
     for key, attrs in sorted(doc.subjects.items()):
         # A subject not stored yet counts as having no attributes.

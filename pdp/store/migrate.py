@@ -12,8 +12,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
+
+from pdp.store.config import redact
+from pdp.store.errors import SchemaNotReady
 
 SCRIPT_LOCATION = "pdp.store:migrations"
 
@@ -27,12 +31,33 @@ def _config(connection: Connection | None = None) -> Config:
 
 
 @cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
+@cache
 def head() -> str:
     """The newest schema revision this version of pdp knows."""
-    heads = ScriptDirectory.from_config(_config()).get_heads()
+    heads = _scripts().get_heads()
     # INVARIANT: the migrations form one line (no branches).
     assert len(heads) == 1, heads
     return heads[0]
+
+
+def known(revision: str) -> bool:
+    """Whether `revision` is one of this pdp's migrations (not one of a newer pdp's)."""
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:  # alembic: "Can't locate revision identified by ..."
+        return False
+
+
+def newer_message(url: str, have: str) -> str:
+    """Why a database at an unknown (newer) revision is left alone, and what to do."""
+    return (
+        f"the database at {url} was migrated by a newer pdp (schema {have}); this pdp "
+        f"knows schemas up to {head()}: upgrade pdp to use it (do not downgrade the database)"
+    )
 
 
 def current(engine: Engine) -> str | None:
@@ -50,6 +75,8 @@ def is_empty(engine: Engine) -> bool:
 def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str | None]:
     """Migrate to `target` in one transaction; returns (revision before, revision after)."""
     before = current(engine)
+    if before is not None and not known(before):
+        raise SchemaNotReady(newer_message(redact(engine.url), before))
     with engine.begin() as conn:
         command.upgrade(_config(conn), target)
     return before, current(engine)

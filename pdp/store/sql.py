@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,6 +46,7 @@ from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
     InterfaceError,
+    InvalidatePoolError,
     OperationalError,
     SQLAlchemyError,
 )
@@ -52,6 +56,7 @@ from pdp.engine.bindings import Bindings, RoleBinding
 from pdp.store import migrate
 from pdp.store import validate as v
 from pdp.store.config import parse_url, redact
+from pdp.store.document import Places
 from pdp.store.errors import (
     InvalidInput,
     NotFound,
@@ -242,15 +247,26 @@ class SqlStore:
                     "one (so do the verbs that write: grant, set, add-member, import)"
                 )
         self.connect_timeout = connect_timeout
-        self.engine = _create_engine(self.url_obj, connect_timeout, pool_size)
-        # Reads run in autocommit on their own pool: no BEGIN/ROLLBACK round trips
-        # around the one lookup query. (An in-memory SQLite database exists once, in
-        # the write engine's single connection, so there it is shared.)
-        self._reader = (
-            self.engine
-            if _is_memory(self.url_obj)
-            else _create_engine(self.url_obj, connect_timeout, pool_size, autocommit=True)
+        # A SQLite file may be deleted or replaced (a restore) while we run: watched.
+        self._file = (
+            SqliteFile(str(self.url_obj.database)) if _is_plain_sqlite_file(self.url_obj) else None
         )
+        try:
+            self.engine = _create_engine(self.url_obj, connect_timeout, pool_size, file=self._file)
+            # Reads run in autocommit on their own pool: no BEGIN/ROLLBACK round trips
+            # around the one lookup query. (An in-memory SQLite database exists once,
+            # in the write engine's single connection, so there it is shared.)
+            self._reader = (
+                self.engine
+                if _is_memory(self.url_obj)
+                else _create_engine(
+                    self.url_obj, connect_timeout, pool_size, autocommit=True, file=self._file
+                )
+            )
+        except SQLAlchemyError as exc:  # e.g. a URL argument the driver does not take
+            raise InvalidInput(
+                f"cannot use the database URL {self.url}: {short_reason(str(exc))}"
+            ) from None
         dialect = self.engine.dialect
         self._paramstyle = dialect.paramstyle
         self._lookup_sql: dict[int, str] = {}
@@ -292,6 +308,15 @@ class SqlStore:
     def is_postgresql(self) -> bool:
         return self.dialect == "postgresql"
 
+    @property
+    def generation(self) -> int:
+        """How many times the database file was found replaced under us (SQLite; else 0).
+
+        Revisions of the old and the new file are unrelated numbers: a cache must drop
+        everything when this moves, whatever the revision says.
+        """
+        return 0 if self._file is None else self._file.generation
+
     def ensure_schema(self, *, auto_create: bool = True) -> None:
         """Check the schema is current; migrate a brand-new SQLite database."""
         try:
@@ -310,6 +335,8 @@ class SqlStore:
                 f"the database at {self.url} has no pdp schema; "
                 f"run `pdp db upgrade --db {self.url}`"
             )
+        if have != want and not migrate.known(have):
+            raise SchemaNotReady(migrate.newer_message(self.url, have))
         if have != want:
             raise SchemaNotReady(
                 f"the database at {self.url} is at schema {have}, this pdp needs {want}; "
@@ -615,6 +642,7 @@ class SqlStore:
         now = now or _utcnow()
         key = v.subject_key(subject)
         scope = v.scope(scope)
+        v.role_name(role)
         if roles is not None:
             roles.check(role)
         expires = v.expiry(expires, now)
@@ -750,18 +778,22 @@ class SqlStore:
         roles: v.RoleCatalog | None = None,
         created_by: str | None = None,
         now: datetime | None = None,
+        places: Places | None = None,
     ) -> WriteResult:
         """Make the store hold what `doc` holds, in one transaction (see `plan_import`).
 
         Importing the same document twice changes nothing the second time. `dry_run`
         computes the same changes and rolls back. Any problem (a role no policy
         declares, an expiry in the past, a cycle across document and store) raises
-        `InvalidInput` listing every problem, and nothing changes.
+        `InvalidInput` listing every problem, and nothing changes. `places` (from
+        `parse_document`) lets those problems name the document's entries.
         """
         now = now or _utcnow()
         check_document(doc, roles)
         with self._write(now) as tx:
-            plan = plan_import(doc, self._stored_state(tx.conn), replace=replace, now=now)
+            plan = plan_import(
+                doc, self._stored_state(tx.conn), replace=replace, now=now, places=places
+            )
             changes = plan.changes()
             if plan and not dry_run:
                 self._apply(tx, plan, created_by)
@@ -920,8 +952,109 @@ def _is_plain_sqlite_file(url: URL) -> bool:
     return not (uri or str(url.database).startswith("file:"))
 
 
+_FILE_ID = "pdp_sqlite_file_id"
+
+
+class SqliteFile:
+    """The file of a SQLite store, watched for being deleted or replaced while in use.
+
+    A restore from backup (`rm pdp.db*`, copy the backup in) leaves every pooled
+    connection on the deleted file: without this, the PDP would answer from the old
+    data for good, revocations made in the new file unseen. So each connection
+    remembers the file's (device, inode) when it opens, and each checkout from the
+    pool compares that with the path's: a replaced file makes the pool reconnect
+    (to the new file); a missing one makes the store unavailable (fail closed).
+    Once any connection has opened the file, it is never created again: SQLite would
+    otherwise quietly make an empty database at the path, and an empty store denies
+    everything while looking healthy.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        # Only a store that is new (no file yet) may have its file created.
+        self.opened = os.path.exists(self.path)
+        self.generation = 0
+        self._current: tuple[int, int] | None = None
+        # The file was found missing: whatever appears at the path next is another
+        # file, even if it gets the same inode number (freed once nothing held it).
+        self._lost = False
+        self._lock = threading.Lock()
+
+    def identity(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return (st.st_dev, st.st_ino)
+
+    def attach(self, engine: Engine) -> None:
+        event.listen(engine, "do_connect", self._do_connect)
+        event.listen(engine, "connect", self._on_connect)
+        event.listen(engine, "checkout", self._on_checkout)
+
+    def _do_connect(
+        self, dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+    ) -> Any:
+        if not self.opened:
+            return None  # the first connection of a new store creates the file
+        dbapi = dialect.loaded_dbapi
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"  # never creates
+        try:
+            return dbapi.connect(uri, **{**cparams, "uri": True})
+        except dbapi.OperationalError:
+            if not os.path.exists(self.path):
+                self._lost = True
+                raise dbapi.OperationalError(
+                    f"the database file {self.path} is gone (deleted or moved while in use); "
+                    "no new, empty one is made in its place"
+                ) from None
+            raise
+
+    def _on_connect(self, _dbapi_conn: Any, record: Any) -> None:
+        self.opened = True
+        try:
+            ident = self.identity()
+        except OSError:
+            return
+        record.info[_FILE_ID] = ident
+        self._seen(ident)
+
+    def _on_checkout(self, _dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        known = record.info.get(_FILE_ID)
+        try:
+            ident = self.identity()
+        except OSError as exc:
+            self._lost = True
+            # Reconnecting fails with a clear error (see _do_connect).
+            raise InvalidatePoolError(f"database file: {exc.strerror}") from None
+        if known is None or ident == known:
+            return
+        self._seen(ident)
+        # Every pooled connection is on the old file: reconnect them all.
+        raise InvalidatePoolError("the database file was replaced")
+
+    def _seen(self, ident: tuple[int, int]) -> None:
+        """Note the file now at the path; a different one than before is a new generation."""
+        with self._lock:
+            if ident == self._current and not self._lost:
+                return
+            replaced = self._current is not None
+            self._current = ident
+            self._lost = False
+            if replaced:
+                self.generation += 1
+        if replaced:
+            log.warning(
+                "the store's file %s was replaced (restored from a backup?); reading the "
+                "new file, and dropping all that was read from the old",
+                self.path,
+            )
+
+
 def _create_engine(
-    url: URL, connect_timeout: float, pool_size: int, *, autocommit: bool = False
+    url: URL,
+    connect_timeout: float,
+    pool_size: int,
+    *,
+    autocommit: bool = False,
+    file: SqliteFile | None = None,
 ) -> Engine:
     isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.get_backend_name() == "sqlite":
@@ -933,6 +1066,8 @@ def _create_engine(
             poolclass=StaticPool if memory else None,
             **isolation,
         )
+        if file is not None:
+            file.attach(engine)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:

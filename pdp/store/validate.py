@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pdp.engine.bindings import check_scope, parse_subject_ref
 from pdp.lang import ast
@@ -17,6 +17,36 @@ from pdp.store.errors import InvalidInput
 
 GROUP_TYPE = "group"
 
+# The longest subject key (`type:id`) and scope the store takes, in bytes of UTF-8.
+# PostgreSQL refuses an index entry over 2,704 bytes, and the unique index on
+# bindings holds (subject, scope, role): 1,000 + 1,000 + 200 (a role name) stays
+# below it with room to spare. SQLite has no such limit, but the store refuses the
+# same on both, so that what one database holds always imports into the other.
+MAX_KEY_BYTES = 1000
+MAX_ROLE_BYTES = 200
+
+
+def check_length(text: str, what: str, limit: int = MAX_KEY_BYTES) -> str | None:
+    """Why `text` is too long to store as a `what`, or None when it fits."""
+    if len(text) * 4 <= limit:  # no UTF-8 character takes more than 4 bytes
+        return None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return None
+    shown = text if len(text) <= 40 else text[:40] + "…"
+    bytes_ = "" if size == len(text) else f" ({size:,} bytes of UTF-8)"
+    return (
+        f"{what} `{shown}` is too long: {len(text):,} characters{bytes_}; "
+        f"the store takes at most {limit:,} bytes of UTF-8 ({limit:,} ASCII characters)"
+    )
+
+
+def _fits(text: str, what: str, limit: int = MAX_KEY_BYTES) -> str:
+    why = check_length(text, what, limit)
+    if why is not None:
+        raise InvalidInput(why)
+    return text
+
 
 def subject_key(text: str) -> str:
     """`type:id` → the normalised key; `InvalidInput` with an example otherwise."""
@@ -24,7 +54,7 @@ def subject_key(text: str) -> str:
         t, i = parse_subject_ref(text)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    return f"{t}:{i}"
+    return _fits(f"{t}:{i}", "subject")
 
 
 def group_key(text: str) -> str:
@@ -38,9 +68,17 @@ def group_key(text: str) -> str:
 def scope(text: str) -> str:
     """`global`, `tenant/<t>` or `<type>/<id>`; `InvalidInput` otherwise."""
     try:
-        return check_scope(text)
+        check_scope(text)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
+    return _fits(text, "scope")
+
+
+def role_name(text: str) -> str:
+    """A role name short enough to store (whether it is declared is `RoleCatalog`'s)."""
+    if not isinstance(text, str) or not text:
+        raise InvalidInput(f"`{text}` is not a role name")
+    return _fits(text, "role name", MAX_ROLE_BYTES)
 
 
 def expiry(when: datetime | None, now: datetime) -> datetime | None:
@@ -49,9 +87,21 @@ def expiry(when: datetime | None, now: datetime) -> datetime | None:
         return None
     if when.tzinfo is None:
         raise InvalidInput(f"expiry `{when.isoformat()}` has no time zone; add `Z` or an offset")
+    why = time_range(when)
+    if why is not None:
+        raise InvalidInput(f"expiry {why}")
     if when <= now:
         raise InvalidInput(f"expiry `{_iso(when)}` is in the past (now is {_iso(now)})")
     return when
+
+
+def time_range(when: datetime) -> str | None:
+    """Why `when` cannot be stored (it is not a time in UTC, years 1 to 9999), or None."""
+    try:
+        when.astimezone(UTC)
+    except OverflowError:
+        return f"`{when.isoformat()}` is out of range: in UTC it falls outside the years 1 to 9999"
+    return None
 
 
 def non_finite(value: object, path: str) -> str | None:

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pdp.engine.bindings import Bindings, RoleBinding
-from pdp.store.document import DocumentError, dump_bindings, load_bindings_file, parse_bindings
+from pdp.store.document import (
+    DocumentError,
+    dump_bindings,
+    load_bindings_file,
+    load_document,
+    parse_bindings,
+    parse_document,
+)
+from pdp.store.validate import RoleCatalog
 
 Write = Callable[[str, str | bytes], Path]
 
@@ -157,7 +165,10 @@ def test_known_roles_are_enforced_only_when_given() -> None:
                     {"id": "group:c", "members": ["group:a", "user:x"]},
                 ]
             },
-            ["groups contain each other in a cycle: `group:a` → `group:b` → `group:c` → `group:a`"],
+            [
+                "groups contain each other in a cycle: `group:a` → `group:b` → `group:c` → "
+                "`group:a` (groups[0].members[0], groups[1].members[0], groups[2].members[0])"
+            ],
         ),
         (
             {
@@ -363,3 +374,122 @@ def test_a_misspelled_key_is_named_with_the_closest_one() -> None:
         "bindings[0]: unknown key `subjct`; did you mean `subject`?",
         "bindings[0].subject: is required",
     ]
+
+
+# --- keys listed twice, lengths, time range ---------------------------------------
+
+
+def test_a_key_listed_twice_is_an_error_naming_file_line_and_key(write: Write) -> None:
+    """PyYAML would keep the last one silently: a whole `bindings:` section lost."""
+    path = write(
+        "b.yaml",
+        "bindings:\n"
+        "  - {subject: user:x, role: viewer, role: admin}\n"
+        "groups: []\n"
+        "bindings:\n"
+        "  - {subject: user:y, role: viewer}\n",
+    )
+    with pytest.raises(DocumentError) as info:
+        load_bindings_file(path)
+    assert info.value.source == str(path)
+    assert info.value.problems == [
+        "line 2, column 37: key `role` is listed twice in one mapping (first at line 2, "
+        "column 23); only the last would be read",
+        "line 4, column 1: key `bindings` is listed twice in one mapping (first at line 1, "
+        "column 1); only the last would be read",
+    ]
+    assert str(info.value).startswith(f"{path}: line 2, column 37: key `role`")
+
+
+def test_a_key_listed_twice_in_json_is_found_with_its_line() -> None:
+    text = '{"bindings": [\n  {"subject": "user:x", "role": "viewer"}\n],\n "bindings": []}'
+    with pytest.raises(DocumentError) as info:
+        load_document(text, "b.json")
+    assert info.value.problems == [
+        "line 4, column 2: key `bindings` is listed twice in one mapping (first at line 1, "
+        "column 2); only the last would be read"
+    ]
+    with pytest.raises(DocumentError, match="line 1, column 8: not valid JSON"):
+        load_document('{"a": [}', "b.json")
+
+
+def test_yaml_merge_keys_may_still_be_overridden() -> None:
+    data = load_document(
+        "base: &b {role: viewer, scope: global}\nitem: {<<: *b, role: admin}\n", "x"
+    )
+    assert data["item"] == {"role": "admin", "scope": "global"}
+
+
+def test_ids_and_scopes_too_long_for_the_store_are_named() -> None:
+    long_id = "user:" + "x" * 1200
+    data = {
+        "groups": [{"id": "group:g", "members": [long_id]}],
+        "bindings": [
+            {"subject": long_id, "role": "viewer"},
+            {"subject": "user:a", "role": "viewer", "scope": "document/" + "é" * 600},
+            {"subject": "user:a", "role": "r" * 300},
+        ],
+    }
+    assert problems(data) == [
+        "groups[0].members[0]: subject `user:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…` is too long: "
+        "1,205 characters; the store takes at most 1,000 bytes of UTF-8 (1,000 ASCII characters)",
+        "bindings[0].subject: subject `user:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…` is too long: "
+        "1,205 characters; the store takes at most 1,000 bytes of UTF-8 (1,000 ASCII characters)",
+        "bindings[1].scope: scope `document/ééééééééééééééééééééééééééééééé…` is too long: "
+        "609 characters (1,209 bytes of UTF-8); the store takes at most 1,000 bytes of UTF-8 "
+        "(1,000 ASCII characters)",
+        "bindings[2].role: role name `rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr…` is too long: "
+        "300 characters; the store takes at most 200 bytes of UTF-8 (200 ASCII characters)",
+    ]
+    fits = {"bindings": [{"subject": "user:" + "x" * 995, "role": "viewer"}]}
+    assert parse_bindings(fits).bindings[0].subject == "user:" + "x" * 995
+
+
+def test_an_expiry_outside_the_years_1_to_9999_in_utc_is_named() -> None:
+    data = {
+        "bindings": [{"subject": "user:a", "role": "r", "expires": "9999-12-31T23:00:00-05:00"}]
+    }
+    assert problems(data) == [
+        "bindings[0].expires: `9999-12-31T23:00:00-05:00` is out of range: in UTC it falls "
+        "outside the years 1 to 9999"
+    ]
+
+
+def test_a_derived_role_is_named_as_one_when_the_catalog_is_given() -> None:
+    catalog = RoleCatalog(frozenset({"viewer", "editor"}), frozenset({"owner"}))
+    data = {
+        "bindings": [{"subject": "user:a", "role": "owner"}, {"subject": "user:a", "role": "viewr"}]
+    }
+    assert problems(data, catalog) == [  # type: ignore[arg-type]
+        "bindings[0].role: role `owner` is a derived role (it comes from a condition); "
+        "it cannot be granted",
+        "bindings[1].role: role `viewr` is not declared by the loaded policies; "
+        "did you mean `viewer`?",
+    ]
+
+
+def test_for_import_a_binding_twice_with_different_expiries_names_both_entries() -> None:
+    data = {
+        "bindings": [
+            {"subject": "user:a", "role": "viewer", "expires": "2030-01-01T00:00:00Z"},
+            {"subject": "user:a", "role": "viewer"},
+            {"subject": "user:a", "role": "viewer", "expires": "2030-01-01T00:00:00Z"},
+            {"subject": "user:a", "role": "undeclared"},
+        ]
+    }
+    with pytest.raises(DocumentError) as info:
+        parse_document(data, "b.yaml", {"viewer"}, for_import=True)
+    assert info.value.problems == [
+        "bindings[1]: `viewer` in `global` for `user:a` is listed twice with different "
+        "expiries (also bindings[0]); the store keeps one",
+        "bindings[3].role: role `undeclared` is not declared by the policies",
+    ]
+    # `pdp check` reads it (either grants while it holds): only imports refuse it.
+    assert len(parse_bindings({"bindings": data["bindings"][:3]}).bindings) == 3
+
+
+def test_a_flow_style_yaml_file_is_not_taken_for_broken_json(write: Write) -> None:
+    path = write("b.yaml", "{bindings: [{subject: user:a, role: viewer}]}\n")
+    assert load_bindings_file(path).bindings == (RoleBinding("user:a", "viewer"),)
+    with pytest.raises(DocumentError, match="line 1, column 45: key `role` is listed twice"):
+        load_document("{bindings: [{subject: user:a, role: viewer, role: x}]}", "b.yaml")

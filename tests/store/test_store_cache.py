@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -217,3 +218,46 @@ def test_a_down_database_at_start_denies(policy: CompiledPolicySet, pg_schema: P
         assert f"127.0.0.1:{proxy.port}" in d.diagnostics[0].message
     finally:
         via.close()
+
+
+def test_outages_are_logged_when_they_start_and_end_never_per_call(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = [100.0]
+    cache = CachedRoleSource(store, max_staleness=10, clock=lambda: clock[0])
+    cache.poll()
+    real_revision = store.revision
+
+    def down() -> int:
+        raise StoreUnavailable("cannot reach the database at somewhere: connection refused")
+
+    caplog.set_level(logging.INFO, logger="pdp.store")
+    monkeypatch.setattr(store, "revision", down)
+    for _ in range(3):
+        with pytest.raises(StoreUnavailable):
+            cache.poll()
+        with pytest.raises(StoreUnavailable):
+            cache.roles_for("user:x", WHERE, NOW)
+    clock[0] += 11  # past the staleness bound
+    for _ in range(3):
+        with pytest.raises(StoreUnavailable, match="staleness bound"):
+            cache.roles_for("user:x", WHERE, NOW)
+    monkeypatch.setattr(store, "revision", real_revision)
+    for _ in range(3):
+        cache.poll()
+        cache.roles_for("user:x", WHERE, NOW)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "the bindings store is unavailable: cannot reach the database at somewhere: "
+            "connection refused; cached lookups are served for up to 10 s after the last "
+            "answer, the others are denied",
+        ),
+        (
+            "WARNING",
+            "the bindings store has not answered for 11.0 s, past the staleness bound of "
+            "10 s: every lookup is denied until it answers",
+        ),
+        ("INFO", "the bindings store answers again, after 11.0 s unavailable"),
+    ]
+    assert cache.status().state == "fresh"

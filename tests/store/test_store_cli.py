@@ -293,6 +293,7 @@ def test_db_upgrade_and_current(cli: Cli, store_url: str) -> None:
         "schema": "0002",
         "head": "0002",
         "current": True,
+        "newer": False,
         "revision": 0,
     }
     code, out, _ = cli("db", "upgrade")
