@@ -119,6 +119,7 @@ class RevocationCache:
         if loaded is not None and now - loaded.at < self._interval:
             return loaded.revocations  # the common path: one reference read
         read = self._start_read()
+        loaded = self._loaded or loaded  # a read run inline (or just done) is newer
         if loaded is not None and now - loaded.at <= self._max_staleness:
             return loaded.revocations  # usable while the re-read runs in the background
         # Nothing usable in hand: decide only on a list read now, waiting boundedly.

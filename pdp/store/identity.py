@@ -6,7 +6,6 @@
                          `jti`) and per-subject cut-offs (`pdp_token_cutoffs`: every
                          token issued before a time); `checker(issuer)` gives the
                          `RevocationCheck` that `pdp.identity.jwt.JwtResolver` takes
-    CachedRevocations    that check: the whole (small) revocation list in memory
 
 They share the `SqlStore`'s engines, URL handling and error translation, but none of
 them touches the store revision: a new API key, a session or a revoked token changes
@@ -14,17 +13,17 @@ no role a decision reads, so the bindings cache must not be dropped for it.
 
 Reads that serve requests (`get` of a key or a session) are one primary-key probe in
 autocommit on the store's read pool. Token revocations are not read per token at
-all: `CachedRevocations` reloads the list every `refresh_interval` (in the
-background once it has a copy), so a revocation reaches every PDP within that
-interval; while the database cannot be reached the last list is used for up to
-`max_staleness`, after which every token is refused (`store_unavailable`).
+all: `checker` keeps the whole (small) list in memory and re-reads it every
+`refresh_interval` (`pdp.identity.revocation.RevocationCache`), so a revocation
+reaches every PDP within that interval; while the database cannot be reached the last
+list is used for up to `max_staleness`, after which every token is refused
+(`store_unavailable`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from pdp.identity.apikeys import ApiKeyRecord
 from pdp.identity.jwt import MAX_LEEWAY
+from pdp.identity.revocation import RevocationCache
 from pdp.identity.sessions import SessionRecord
 from pdp.store.errors import InvalidInput, StoreUnavailable
 from pdp.store.models import ApiKey, Session, TokenCutoff, TokenRevocation
@@ -525,18 +525,25 @@ class SqlTokenRevocations:
         *,
         refresh_interval: float = 5.0,
         max_staleness: float = 60.0,
+        wait: float = 1.0,
         background: bool = True,
         clock: Callable[[], float] = time.monotonic,
-    ) -> CachedRevocations:
-        """The `RevocationCheck` for a `JwtResolver` of `issuer` (see `CachedRevocations`)."""
-        return CachedRevocations(
-            self,
-            issuer,
+    ) -> RevocationCache:
+        """The `RevocationCheck` for a `JwtResolver` of `issuer`: this issuer's list in
+        memory, re-read every `refresh_interval` (see `pdp.identity.revocation`).
+        `background=False` re-reads in the checking thread (tests)."""
+        return RevocationCache(
+            lambda: self.snapshot(issuer),
             refresh_interval=refresh_interval,
             max_staleness=max_staleness,
-            background=background,
+            wait=wait,
             clock=clock,
+            spawn=None if background else _inline,
         )
+
+
+def _inline(read: Callable[[], object]) -> None:
+    read()
 
 
 def _revoked(r: Row[Any]) -> RevokedToken:
@@ -547,104 +554,9 @@ def _cutoff(r: Row[Any]) -> SubjectCutoff:
     return SubjectCutoff(r.subject, r.not_before, r.revoked_at, r.created_by)
 
 
-class CachedRevocations:
-    """`RevocationCheck` for one issuer, answered from memory.
-
-    The revocation list (unexpired revoked jtis and the subject cut-offs) is small by
-    design (rows of expired tokens drop out), so it is read whole: first on the
-    first check (which waits for it), then every `refresh_interval` seconds, in a
-    background thread while the current copy is used. Freshness: a revocation
-    applies on every PDP within `refresh_interval` plus one query. When reloads fail
-    the last copy is used until it is `max_staleness` seconds old; past that every
-    check raises `StoreUnavailable` and tokens are refused (fail closed).
-    """
-
-    def __init__(
-        self,
-        source: SqlTokenRevocations,
-        issuer: str,
-        *,
-        refresh_interval: float = 5.0,
-        max_staleness: float = 60.0,
-        background: bool = True,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if refresh_interval <= 0 or max_staleness < refresh_interval:
-            raise ValueError("need 0 < refresh_interval <= max_staleness")
-        self._source = source
-        self._issuer = issuer
-        self._interval = refresh_interval
-        self._max_staleness = max_staleness
-        self._background = background
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._snapshot: RevocationSnapshot | None = None
-        self._loaded_at = 0.0
-        self._refreshing = False
-
-    def __call__(self, jti: str | None, subject: str, issued_at: datetime | None) -> bool:
-        return self._current().is_revoked(jti, subject, issued_at)
-
-    @property
-    def age(self) -> float | None:
-        """Seconds since the list was last read; None before the first read."""
-        return None if self._snapshot is None else self._clock() - self._loaded_at
-
-    def refresh(self) -> None:
-        """Read the list now (raises when the store cannot be reached)."""
-        started = self._clock()
-        snapshot = self._source.snapshot(self._issuer)
-        with self._lock:
-            self._snapshot = snapshot
-            self._loaded_at = started
-
-    def _current(self) -> RevocationSnapshot:
-        snapshot = self._snapshot
-        if snapshot is None:
-            with self._lock:
-                first = self._snapshot is None
-            if first:
-                self.refresh()  # the first check waits; a failure refuses the token
-            assert self._snapshot is not None
-            return self._snapshot
-        age = self._clock() - self._loaded_at
-        if age >= self._interval:
-            self._start_refresh()  # in the foreground when not `background`
-            snapshot = self._snapshot or snapshot
-            age = self._clock() - self._loaded_at
-        if age > self._max_staleness:
-            raise StoreUnavailable(
-                f"the token revocation list has not been read for {age:.0f} s "
-                f"(more than {self._max_staleness:g} s)"
-            )
-        return snapshot
-
-    def _start_refresh(self) -> None:
-        with self._lock:
-            if self._refreshing:
-                return
-            self._refreshing = True
-        if self._background:
-            threading.Thread(
-                target=self._refresh_quietly, name="pdp-revocations", daemon=True
-            ).start()
-        else:
-            self._refresh_quietly()
-
-    def _refresh_quietly(self) -> None:
-        try:
-            self.refresh()
-        except Exception:  # the current copy serves until it is too old
-            log.warning("could not reload the token revocation list", exc_info=True)
-        finally:
-            with self._lock:
-                self._refreshing = False
-
-
 __all__ = [
     "DEFAULT_SCHEME",
     "ApiKeyEntry",
-    "CachedRevocations",
     "RevocationSnapshot",
     "RevokedToken",
     "SqlApiKeys",
