@@ -16,7 +16,10 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text.strip())
     if not m:
         raise ValueError(f"`{text}` is not a duration; write e.g. 90s, 30m, 1h, 7d, 2w")
-    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    except (OverflowError, ValueError):  # more days than a timedelta holds
+        raise ValueError(f"`{text}` is longer than any time the store holds") from None
 
 
 def subject_parts(text: str) -> tuple[str, str]:

@@ -168,7 +168,10 @@ def _revoke(args: argparse.Namespace) -> int:
 def _purge(args: argparse.Namespace) -> int:
     from pdp.store.identity import SqlSessions
 
-    before = datetime.now(UTC) - parse_duration(args.older_than)
+    try:
+        before = datetime.now(UTC) - parse_duration(args.older_than)
+    except OverflowError:  # back past the year 1
+        raise ValueError(f"--older-than `{args.older_than}` reaches before the year 1") from None
     with open_store(args) as store:
         n = SqlSessions(store).purge(before)
     if args.json:

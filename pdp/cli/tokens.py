@@ -112,7 +112,7 @@ def _revoke(args: argparse.Namespace) -> int:
     who = actor(args)
     if by_subject:
         subject = ":".join(subject_parts(args.subject))
-        before = parse_expiry(args.before, now)
+        before = parse_expiry(args.before, now, option="--before")
         with open_store(args, create=True) as store:
             cut, moved = SqlTokenRevocations(store).revoke_subject(
                 subject, before=before, now=now, created_by=who

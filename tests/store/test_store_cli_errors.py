@@ -101,6 +101,31 @@ def test_an_expiry_past_year_9999_is_one_line_naming_expires(cli: Cli, when: str
 
 
 @pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["sessions", "purge", "--older-than", "999999999d"],
+            "error: --older-than `999999999d` reaches before the year 1",
+        ),
+        (
+            ["sessions", "purge", "--older-than", "9" * 30 + "d"],
+            "is longer than any time the store holds",
+        ),
+        (
+            ["tokens", "revoke", "--subject", "user:a", "--before", "9" * 30 + "d"],
+            "error: --before `",
+        ),
+    ],
+)
+def test_durations_past_any_time_are_one_line_naming_their_flag(
+    cli: Cli, argv: list[str], message: str
+) -> None:
+    code, out, err = cli(*argv)
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert message in err
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["bindings", "grant", "user:a", "viewer"],
