@@ -7,10 +7,10 @@ which it is.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
 from pathlib import Path
 
 from pdp.server.state import RoleBackend, RoleBackendError, Roles
+from pdp.store.validate import RoleCatalog
 
 
 class BindingsFileBackend(RoleBackend):
@@ -21,7 +21,7 @@ class BindingsFileBackend(RoleBackend):
         self.watch = self.path
         self.description = f"bindings file {self.path}"
 
-    def load(self, known_roles: Collection[str]) -> Roles:
+    def load(self, known_roles: RoleCatalog) -> Roles:
         from pdp.store.document import DocumentError, load_bindings_file
 
         try:
@@ -54,7 +54,7 @@ class SqlStoreBackend(RoleBackend):
         self._store: object | None = None
         self._cache: object | None = None
 
-    def load(self, known_roles: Collection[str]) -> Roles:
+    def load(self, known_roles: RoleCatalog) -> Roles:
         # Imported here: SQLAlchemy and the drivers load only when the store is used.
         from pdp.store.cache import CachedRoleSource
         from pdp.store.errors import StoreError

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from pdp.envoy.routes import RouteTable, RouteTableError, load_routes
 from pdp.lang.errors import PolicyLoadError
 from pdp.lang.load import content_hash, discover, load_texts
 from pdp.lang.schema import load_schema
+from pdp.store.validate import RoleCatalog
 
 log = logging.getLogger("pdp.server")
 
@@ -67,8 +68,10 @@ class RoleBackend:
     watch: Path | None = None
     description: str = ""
 
-    def load(self, known_roles: Collection[str]) -> Roles:
-        """Open or re-read the role source; RoleBackendError when it cannot be used."""
+    def load(self, known_roles: RoleCatalog) -> Roles:
+        """Open or re-read the role source; RoleBackendError when it cannot be used.
+
+        `known_roles`: the roles a binding may grant (the declared ones)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -241,7 +244,9 @@ class ServingState:
 
     def _load_roles(self, policy: CompiledPolicySet) -> Roles | None:
         now = datetime.now(UTC)
-        known = set(policy.roles) | {name for name, _ in policy.derived}
+        # Only declared roles can be granted; derived ones come from conditions, and a
+        # binding naming one is refused with that reason (as `pdp check` does).
+        known = RoleCatalog(frozenset(policy.roles), frozenset(n for n, _ in policy.derived))
         try:
             roles = self.backend.load(known)
         except RoleBackendError as exc:

@@ -317,3 +317,16 @@ def test_a_policy_file_whose_link_is_broken_fails_the_reload(running: Running) -
     assert info.policy_version == good and info.last_reload.what == "policies"
     assert "docs.pdp" in info.last_reload.errors[0]
     assert client.check(ALICE, "read", DOC).policy_version == good
+
+
+def test_a_bindings_file_granting_a_derived_role_is_refused(running: Running) -> None:
+    # `owner` comes from a condition: a binding cannot grant it (as `pdp check` says).
+    client = running.client
+    good = client.server_info().bindings_version
+    text = running.bindings_file.read_text()
+    running.bindings_file.write_text(
+        text + "  - {subject: user:mallory, role: owner, scope: global}\n", encoding="utf-8"
+    )
+    info = wait_for(lambda: failed_reload(client), what="the refused bindings")
+    assert info.last_reload.what == "bindings" and info.bindings_version == good
+    assert "role `owner` is a derived role" in info.last_reload.errors[0]
