@@ -41,7 +41,13 @@ from pdp.evaluation import evaluate
 from pdp.lang.errors import PolicyError, did_you_mean
 from pdp.lang.load import LoadResult, load_paths, load_texts, visible_files
 from pdp.lang.times import to_time
-from pdp.store.document import DocumentError, load_bindings_file, parse_bindings, plain_value
+from pdp.store.document import (
+    DocumentError,
+    load_bindings_file,
+    load_yaml,
+    parse_bindings,
+    plain_value,
+)
 
 SUITE_SUFFIX = ".test.yaml"
 _EXPECT = {"allow": True, "deny": False, True: True, False: False}
@@ -103,7 +109,8 @@ def run_suite(
     result = SuiteResult(str(path), path.name)
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        # Duplicate keys are an error: a second `cases:` would drop the first set unseen.
+        data = load_yaml(text, str(path))
         if not isinstance(data, Mapping):
             raise SuiteError("a suite must be a mapping with `cases`")
         _no_unknown_keys(data, SUITE_KEYS, "")
@@ -137,8 +144,6 @@ def run_suite(
             done = _run_case(result.name, i, case, policy, bindings, now, subjects, resources)
             done.line = lines[i] if i < len(lines) else None
             result.cases.append(done)
-    except yaml.MarkedYAMLError as exc:
-        result.error = _yaml_problem(exc)
     except (SuiteError, DocumentError, yaml.YAMLError, OSError) as exc:
         result.error = str(exc)
     return result
@@ -174,13 +179,6 @@ def _no_unknown_keys(data: Mapping[Any, Any], allowed: tuple[str, ...], where: s
         if key not in allowed:
             hint = did_you_mean(str(key), allowed)
             raise SuiteError(f"{where}unknown key `{key}`" + (f"; {hint}" if hint else ""))
-
-
-def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
-    """One line with the position, instead of PyYAML's dump naming `<unicode string>`."""
-    mark = exc.problem_mark or exc.context_mark
-    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return f"not valid YAML: {at}{exc.problem or exc.context or 'cannot be read'}"
 
 
 def _load_policies(

@@ -384,9 +384,27 @@ def test_malformed_suites(write: Write, text: str, error: str) -> None:
 
 def test_suite_that_is_not_yaml(write: Write) -> None:
     write("p/docs.pdp", POLICY)
-    result = run_one(write("p/s.test.yaml", "cases: [\n"))
-    assert result.error is not None and result.error.startswith("not valid YAML: line 2,")
-    assert "<unicode string>" not in result.error
+    path = write("p/s.test.yaml", "cases: [\n")
+    result = run_one(path)
+    assert result.error is not None and result.error.startswith(f"{path}: line 2, column ")
+    assert "not valid YAML" in result.error and "<unicode string>" not in result.error
+
+
+def test_a_key_listed_twice_in_a_suite_is_a_suite_error(write: Write) -> None:
+    # A second `cases:` would otherwise run only the last set, and pass.
+    write("p/docs.pdp", POLICY)
+    case = "  - {subject: alice, resource: doc, expect: {read: allow}}\n"
+    path = write(
+        "p/s.test.yaml",
+        "subjects: {alice: {type: user, id: alice}}\n"
+        "resources: {doc: {type: document, id: '1'}}\n"
+        f"cases:\n{case}cases:\n{case}",
+    )
+    result = run_one(path)
+    assert result.error == (
+        f"{path}: line 5, column 1: key `cases` is listed twice in one mapping (first at "
+        "line 3, column 1); only the last would be read"
+    )
 
 
 def test_a_misspelled_case_key_fails_the_case_naming_it(write: Write) -> None:
