@@ -47,10 +47,9 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote
 
-import yaml
-
 from pdp.engine.request import Resource
 from pdp.lang.errors import did_you_mean
+from pdp.store.document import DocumentError, load_yaml
 
 MAX_PATH_LENGTH = 8192
 MAX_SEGMENTS = 64
@@ -440,9 +439,10 @@ def load_routes(path: str | Path) -> RouteTable:
 def parse_routes(text: str, source: str = "<routes>") -> RouteTable:
     """Route table YAML text → compiled `RouteTable`; RouteTableError lists every problem."""
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RouteTableError(source, [f"not valid YAML: {exc}"]) from None
+        # Keys listed twice are an error: a second `methods:` would widen a route unseen.
+        doc = load_yaml(text, source)
+    except DocumentError as exc:
+        raise RouteTableError(source, exc.problems) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("routes"), list):
         raise RouteTableError(source, ["expected a mapping with a `routes` list"])
     problems: list[str] = []

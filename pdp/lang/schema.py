@@ -81,9 +81,20 @@ def load_schema(path: str | Path) -> Schema:
             err(node, "schema_shape", f"{what} must be a mapping")
             return []
         pairs = []
+        seen: dict[str, yaml.ScalarNode] = {}
         for k, v in node.value:
             if not isinstance(k, yaml.ScalarNode):
                 err(k, "schema_shape", f"keys of {what} must be names")
+                continue
+            first = seen.setdefault(k.value, k)
+            if first is not k:
+                # YAML forbids it, PyYAML would keep the last silently: a type lost unseen.
+                line = first.start_mark.line + 1
+                err(
+                    k,
+                    "schema_shape",
+                    f"`{k.value}` is listed twice in {what} (first at line {line})",
+                )
                 continue
             pairs.append((k, v))
         return pairs

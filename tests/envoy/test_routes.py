@@ -292,6 +292,19 @@ def test_not_a_route_table(text: str) -> None:
         parse_routes(text)
 
 
+def test_a_key_listed_twice_is_refused() -> None:
+    # PyYAML keeps the last: the route would answer DELETE as well, unseen.
+    text = (
+        "routes:\n"
+        '  - {name: a, methods: [GET], path: "/d/{id}", action: read,\n'
+        '     resource: {type: d, id: "{id}"}, methods: [GET, DELETE]}\n'
+    )
+    with pytest.raises(RouteTableError) as err:
+        parse_routes(text)
+    (problem,) = err.value.problems
+    assert problem.startswith("line 3, column 39: key `methods` is listed twice in one mapping")
+
+
 def test_loading_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "routes.yaml"
     path.write_text(TABLE)

@@ -97,6 +97,15 @@ def test_unknown_section_suggests_the_right_one(write: Write) -> None:
     assert error.endswith("  help: did you mean `context`?")
 
 
+def test_a_name_listed_twice_is_an_error(write: Write) -> None:
+    # PyYAML keeps the last silently: the first type would be lost unseen.
+    path = write("schema.yaml", "subjects:\n  user:\n    tenant: string\n    tenant: int\n")
+    assert schema_errors(path) == [
+        f"{path}:4:5: error[schema_shape]: `tenant` is listed twice in subject type `user` "
+        "(first at line 3)\n        tenant: int\n        ^^^^^^"
+    ]
+
+
 def test_schema_must_be_a_mapping(write: Write) -> None:
     path = write("schema.yaml", "- a\n- b\n")
     assert schema_errors(path) == [
