@@ -204,7 +204,6 @@ class ServingState:
         policy = compile_policy_set(result.policy_set)
         last = self._reloads.get("policies")
         failed_before = last is not None and not last.ok
-        self._reloads["policies"] = ReloadResult(True, now, "policies", policy.version)
         self._logged_failures.pop("policies", None)  # the next failure is news again
         for w in result.warnings:
             log.warning("%s", w.render())
@@ -218,6 +217,8 @@ class ServingState:
             )
         elif failed_before:  # fixed back to what is served: the error is over, say so
             log.info("policy files are valid again; serving %s", policy.version)
+        # Published after the log lines: whoever sees it in ServerInfo finds them written.
+        self._reloads["policies"] = ReloadResult(True, now, "policies", policy.version)
         return policy, len(result.sources)
 
     def _routes(self, policy: CompiledPolicySet, last: RouteTable | None) -> RouteTable | None:
