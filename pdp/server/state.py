@@ -230,11 +230,11 @@ class ServingState:
             table = load_routes(self.routes_path)
         except RouteTableError as exc:
             errors = [f"{exc.source}: {p}" for p in exc.problems]
+            keeping = "keeping the last good route table" if last else "Envoy checks unavailable"
+            log.error("loading routes failed; %s:\n%s", keeping, "\n".join(errors))
             self._reloads["routes"] = ReloadResult(
                 False, now, "routes", policy.version, tuple(errors)
             )
-            keeping = "keeping the last good route table" if last else "Envoy checks unavailable"
-            log.error("loading routes failed; %s:\n%s", keeping, "\n".join(errors))
             return last
         self._reloads["routes"] = ReloadResult(True, now, "routes", policy.version)
         for note in route_warnings(table, policy):
@@ -253,24 +253,24 @@ class ServingState:
         except RoleBackendError as exc:
             self._failed("bindings", policy.version, [str(exc)], now)
             return None
-        self._reloads["bindings"] = ReloadResult(
-            True, now, "bindings", policy.version, bindings_version=roles.version()
-        )
         self._logged_failures.pop("bindings", None)
+        version = roles.version()
         log.info(
             "role bindings from %s, version %s",
             self.backend.description,
-            roles.version() or "known after the first lookup",
+            version or "known after the first lookup",
         )
+        self._reloads["bindings"] = ReloadResult(
+            True, now, "bindings", policy.version, bindings_version=version
+        )  # after the log line, as for policies
         return roles
 
     def _failed(self, what: str, version: str, errors: list[str], now: datetime) -> None:
-        self._reloads[what] = ReloadResult(False, now, what, version, tuple(errors))
         if self.snapshot is None:
             keeping = "; not serving until this is fixed"
         elif what == "bindings":
-            version = self.snapshot.roles.version() or "its version not known yet"
-            keeping = f"; still serving the last good bindings ({version})"
+            serving = self.snapshot.roles.version() or "its version not known yet"
+            keeping = f"; still serving the last good bindings ({serving})"
         else:
             keeping = f"; still serving policy_version {self.snapshot.policy.version}"
         text = f"loading {what} failed{keeping}:\n" + "\n\n".join(errors)
@@ -278,6 +278,8 @@ class ServingState:
         if text != last or time.monotonic() - at > 60:  # a retry's same failure: once a minute
             self._logged_failures[what] = (text, time.monotonic())
             log.error("%s", text)
+        # After the log line: whoever sees the failure in ServerInfo finds it logged.
+        self._reloads[what] = ReloadResult(False, now, what, version, tuple(errors))
 
     def _swap(self, snap: Snapshot) -> None:
         was_ready = self.snapshot is not None
