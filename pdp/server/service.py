@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -170,9 +170,15 @@ class DecisionService:
             try:
                 response, drafts = answer(raw, context)
             except WouldBlock:
-                # Nothing was recorded or answered yet: start again where waiting is fine.
+                # Nothing was recorded or answered yet: start again where waiting is fine,
+                # with what the answer reads of the context read here, on the loop.
+                detached = _Detached(context)
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, blocking, raw, context)
+                # Duck-typed: the answer uses no more of a context than `_Detached` has.
+                stand_in = cast(grpc.ServicerContext, detached)
+                response = await loop.run_in_executor(self._executor, blocking, raw, stand_in)
+                detached.apply(context)
+                return response
             if drafts and recorder is not None:
                 failure = await recorder.record_async(drafts)
                 if failure is not None:
@@ -698,6 +704,43 @@ class DecisionService:
 
 
 UNRECORDED = "the decision could not be recorded in the audit log, so it is denied"
+
+
+class _Detached:
+    """The context of a call on the loop, as its answer on a pool thread uses it.
+
+    A `grpc.aio` context belongs to the loop's thread: read from a pool thread once
+    the call had ended (the client's deadline passed meanwhile), gRPC crashed the whole
+    process (SIGSEGV). So the peer and the certificate identities are read on the
+    loop first, and a status the answer sets is applied there afterwards.
+    """
+
+    __slots__ = ("_peer", "_auth", "_code", "_details")
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._peer = context.peer()
+        self._auth = context.auth_context()
+        self._code: grpc.StatusCode | None = None
+        self._details: str | None = None
+
+    def peer(self) -> str:
+        return self._peer
+
+    def auth_context(self) -> Mapping[str, bytes]:  # as grpc's stubs type it
+        return self._auth
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def apply(self, context: grpc.ServicerContext) -> None:
+        """Set on the real context (on the loop) the status the answer set here."""
+        if self._code is not None:
+            context.set_code(self._code)
+        if self._details is not None:
+            context.set_details(self._details)
 
 
 def caller_identities(context: grpc.ServicerContext) -> frozenset[str]:

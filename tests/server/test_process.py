@@ -22,6 +22,30 @@ from tests.server.support import (
 )
 
 
+def test_calls_whose_deadline_passes_on_the_pool_do_not_crash_the_server(
+    policy_dir: Path, tmp_path: Path
+) -> None:
+    # Every lookup is a slow "miss" answered on the pool; the client gives up first.
+    # The pool thread then used the call's (loop-owned) context after the call had
+    # ended, and gRPC crashed the process with SIGSEGV (exit -11).
+    records = tmp_path / "records.jsonl"
+    proc = start_process(["-m", "tests.server.slow_server", str(policy_dir), str(records), "0.02"])
+    target = f"127.0.0.1:{proc.port}"
+    try:
+        with PdpClient(target, timeout=0.005) as hasty:
+            for _ in range(200):
+                with pytest.raises(PdpError):
+                    hasty.check(ALICE, "read", DOC)
+        threading.Event().wait(0.3)  # the pool threads finish the abandoned calls
+        assert proc.popen.poll() is None, drain_output(proc)
+        with PdpClient(target, timeout=5) as patient:
+            assert patient.check(ALICE, "read", DOC).allowed
+        proc.terminate()
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+
+
 def test_sigterm_drains_in_flight_calls_and_flushes(policy_dir: Path, tmp_path: Path) -> None:
     records = tmp_path / "records.jsonl"
     proc = start_process(["-m", "tests.server.slow_server", str(policy_dir), str(records), "1.0"])
