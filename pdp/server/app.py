@@ -26,7 +26,7 @@ from types import FrameType
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from pdp.audit.jsonl import JsonlSink
@@ -35,6 +35,8 @@ from pdp.audit.sink import DecisionSink
 from pdp.server.config import ServerConfig, split_address
 from pdp.server.envoy_service import SERVICE_NAME as ENVOY_SERVICE_NAME
 from pdp.server.envoy_service import EnvoyService, envoy_settings
+from pdp.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from pdp.server.health import Health
 from pdp.server.identity import IdentitySetupError, build_identity
 from pdp.server.reload import Reloader
 from pdp.server.roles import BindingsFileBackend, SqlStoreBackend
@@ -228,7 +230,7 @@ class PdpServer:
         self.state = ServingState(
             self.cfg.policies, self.cfg.schema, self.backend, routes=self.cfg.routes_path
         )
-        self.health = health.HealthServicer()
+        self.health = Health()
         self._stopped = False
         # Set before the recorder opens: a sink failing to open reports to health.
         self.envoy: EnvoyService | None = None
@@ -328,11 +330,11 @@ class PdpServer:
     def _add_services(self, server: grpc.Server | grpc.aio.Server) -> int:
         """Every service on `server`, then bind it; the port."""
         server.add_generic_rpc_handlers((self.service.handler(),))
-        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        services = [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
         if self.envoy is not None:
             self.envoy.add_to(server)
             services.append(ENVOY_SERVICE_NAME)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health.attach(server, self._loop)
         reflection.enable_server_reflection(services, server)
         return bind(server, self.cfg, reuse_port=self.reuse_port)
 
