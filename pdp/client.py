@@ -211,8 +211,11 @@ def _action_list(r: pb.ListActionsResponse) -> ActionList:
 
 
 def _error(exc: grpc.RpcError) -> PdpError:
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    # The asyncio client's errors are `AioRpcError`s, which are no `grpc.Call`.
+    if isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
+        code, details = exc.code(), exc.details()
+    else:
+        code, details = None, str(exc)
     return PdpError(code.name if code else "UNKNOWN", details or "")
 
 

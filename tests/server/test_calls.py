@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from pdp.client import AsyncPdpClient, PdpClient
+from pdp.client import AsyncPdpClient, PdpClient, PdpError
 from tests.server.support import (
     ALICE,
     BOB,
@@ -18,6 +18,7 @@ from tests.server.support import (
     MALLORY,
     NOTE,
     Running,
+    free_port,
     health_status,
 )
 
@@ -198,6 +199,14 @@ def test_async_client(running: Running) -> None:
             r = await c.list_actions(ALICE, DOC)
             assert r.allowed == ("read",)
             assert (await c.server_info()).policy_version == d.policy_version
+            # Errors carry the status name, as the sync client's do.
+            with pytest.raises(PdpError) as bad:
+                await c.check(ALICE, "read", DOC, context={"x": "y" * 100_000})
+            assert bad.value.code == "INVALID_ARGUMENT" and "context: " in bad.value.details
+        async with AsyncPdpClient(f"127.0.0.1:{free_port()}", timeout=1) as gone:
+            with pytest.raises(PdpError) as down:
+                await gone.check(ALICE, "read", DOC)
+            assert down.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
     asyncio.run(go())
 
