@@ -12,7 +12,9 @@ from pdp.cli.common import EXIT_ERROR, EXIT_OK, err, fail, out
 from pdp.server.config import (
     KEYS,
     ConfigError,
+    ServerConfig,
     defaults,
+    effective_values,
     env_name,
     load_config,
     parse_set,
@@ -49,8 +51,16 @@ def _epilog() -> str:
         lines.append(f"      {key.help}")
     lines += [
         "",
-        "precedence: flags > environment > config file > defaults; relative paths in a",
-        "config file are relative to the file. Documented in docs/server.md.",
+        "precedence: flags > environment > config file > defaults. Relative paths in a",
+        "config file, and the file of a SQLite URL (sqlite:///pdp.db), are relative to",
+        "the file; in flags and the environment, to the working directory.",
+        "",
+        'lists as text (--set, environment): ["a", "b"] (TOML or JSON; quote it for the',
+        'shell) or a,b; tables: {a = "x.y"} or a=x.y.',
+        "",
+        "--print-config prints absolute paths and SQLite URLs, so its output can be used",
+        "as a config file from anywhere; database passwords are printed as ***.",
+        "Documented in docs/server.md.",
         "",
         "health: grpc.health.v1 reports NOT_SERVING until the policies and the role",
         "bindings are loaded, and again while draining after SIGTERM.",
@@ -88,7 +98,8 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         dest="set_",
-        help="any setting below, e.g. --set limits.max_batch=500 (repeatable)",
+        help="any setting below, e.g. --set limits.max_batch=500 or "
+        '--set \'audit.include=["subject", "resource"]\' (repeatable)',
     )
     p.add_argument(
         "--print-config",
@@ -127,21 +138,34 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if code == 0 else EXIT_ERROR
 
 
-def _toml(cfg: Any) -> str:
-    from pdp.server.config import KEYS_BY_NAME, value_of
-
-    sections: dict[str, list[str]] = {}
+def _toml(cfg: ServerConfig) -> str:
+    """The settings as a config file that means the same from any directory: absolute
+    paths and SQLite URLs, the audit directory that is written (`effective_values`)."""
     from pdp.store.config import redact
 
-    for name, key in KEYS_BY_NAME.items():
+    sections: dict[str, list[str]] = {}
+    for name, value in effective_values(cfg).items():
         section, _, leaf = name.rpartition(".")
-        value = value_of(cfg, key.attr)
         if isinstance(value, str) and leaf.endswith("url"):
             value = redact(value) if value else value  # passwords are never printed
-        sections.setdefault(section, []).append(f"{leaf} = {_toml_value(value)}")
+        line = f"{leaf} = {_toml_value(value)}"
+        if name == "audit.chain" and not value:
+            line += f"  # {_default_chain(cfg.workers)}"
+        sections.setdefault(section, []).append(line)
     parts = ["\n".join(sections.pop(""))]
     parts += [f"[{s}]\n" + "\n".join(lines) for s, lines in sections.items()]
     return "\n\n".join(parts)
+
+
+def _default_chain(workers: int) -> str:
+    """What an empty `audit.chain` means. Not printed as the value: each of several
+    workers writes a chain of its own, and a host name would be wrong on another host."""
+    from pdp.audit.recorder import default_chain
+
+    if workers == 1:
+        return f'empty: the host name, here "{default_chain()}"'
+    first, last = default_chain(0), default_chain(workers - 1)
+    return f'empty: one chain per worker, here "{first}" to "{last}"'
 
 
 def _toml_value(v: object) -> str:

@@ -10,6 +10,7 @@ source, and a bad one is reported as one line naming where it came from and the 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pdp.audit.record import SECTIONS
-from pdp.audit.recorder import SINKS, AuditSettings
+from pdp.audit.recorder import SINKS, AuditSettings, default_directory
 from pdp.audit.writer import MODES
 from pdp.lang.errors import did_you_mean
 
@@ -799,6 +800,30 @@ def defaults() -> dict[str, Any]:
     return {k.name: value_of(cfg, k.attr) for k in KEYS}
 
 
+def effective_values(cfg: ServerConfig) -> dict[str, Any]:
+    """Every key's value as `--print-config` shows it: what runs, readable from anywhere.
+
+    Relative paths, and the database paths of SQLite URLs, are made absolute (the
+    server takes them relative to the working directory), so the printed file means
+    the same wherever it is put; an empty `audit.path` of the jsonl sink is the
+    directory it writes. Passwords in URLs are still there: redact before printing.
+    """
+    cwd = Path.cwd()
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        value = value_of(cfg, key.attr)
+        if key.name in _PATH_KEYS and value:
+            value = str(cwd / value)
+        elif key.name in _DATABASE_URL_KEYS:
+            value = sqlite_url_relative_to(value, cwd)
+        elif key.kind == "float":  # a default such as 86400 reads back as 86400.0
+            value = float(value)
+        out[key.name] = value
+    if cfg.audit.sink == "jsonl" and not cfg.audit.path:
+        out["audit.path"] = str(cwd / default_directory(cfg.store_url, cfg.bindings_file))
+    return out
+
+
 def value_of(cfg: ServerConfig, attr: str) -> Any:
     """The value of dotted attribute `attr` (e.g. `limits.max_batch`) of `cfg`."""
     obj: Any = cfg
@@ -852,7 +877,12 @@ def _unknown(key: str) -> str:
 
 
 def parse_text(key: Key, text: str) -> object:
-    """A value given as text (environment, `--set`) in the key's type; else the text."""
+    """A value given as text (environment, `--set`) in the key's type; else the text.
+
+    A list is `["a", "b"]` (TOML or JSON; `[a, b]` too, as a shell leaves it after
+    removing the quotes) or `a,b`; a table is `{a = "x"}` (or JSON) or `a=x,b=y`.
+    ValueError when the text starts as a list or table and is not one.
+    """
     t = text.strip()
     if key.kind == "int":
         try:
@@ -872,13 +902,38 @@ def parse_text(key: Key, text: str) -> object:
             return False
         return text
     if key.kind == "list":
+        if t.startswith("["):
+            return _literal(t, list, '["a", "b"] or a,b')
         return [s.strip() for s in t.split(",") if s.strip()]
     if key.kind == "map":  # `tenant=org.tenant,dept=department`
+        if t.startswith("{"):
+            return _literal(t, dict, '{a = "x.y"} or a=x.y')
         pairs = [p.partition("=") for p in t.split(",") if p.strip()]
         if all(sep for _, sep, _ in pairs):
             return {k.strip(): v.strip() for k, _, v in pairs}
         return text
     return text
+
+
+def _literal(text: str, kind: type, example: str) -> object:
+    """`text` read as a TOML value (an inline array or table) or as JSON, of type `kind`."""
+    try:
+        doc = tomllib.loads(f"v = {text}")
+        if doc.keys() == {"v"} and isinstance(doc["v"], kind):
+            return doc["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        value = json.loads(text)
+        if isinstance(value, kind):
+            return value
+    except ValueError:
+        pass
+    inner = text[1:-1] if kind is list and text.endswith("]") else None
+    if inner is not None and not any(c in inner for c in "[]\"'{}"):
+        return [s.strip() for s in inner.split(",") if s.strip()]  # the shell ate the quotes
+    noun = "list" if kind is list else "table"
+    raise ValueError(f"not a valid {noun}, got {_show(text)}; write {example}")
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, object]]:
@@ -887,7 +942,10 @@ def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, object]]:
     for key in KEYS:
         name = env_name(key.name)
         if name in environ:
-            out[key.name] = (name, parse_text(key, environ[name]))
+            try:
+                out[key.name] = (name, parse_text(key, environ[name]))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {key.name}: {exc}") from None
     # The store CLI's variable (`pdp db`, `pdp bindings`) names the same database.
     if "store.url" not in out and "PDP_DB_URL" in environ:
         out["store.url"] = ("PDP_DB_URL", environ["PDP_DB_URL"])
@@ -921,7 +979,10 @@ def parse_set(items: list[str]) -> dict[str, object]:
             raise ConfigError(f"--set {item}: write `--set key=value`, e.g. limits.max_batch=500")
         if name not in KEYS_BY_NAME:
             raise ConfigError(f"--set {name}: {_unknown(name)}")
-        out[name] = parse_text(KEYS_BY_NAME[name], text)
+        try:
+            out[name] = parse_text(KEYS_BY_NAME[name], text)
+        except ValueError as exc:
+            raise ConfigError(f"--set: {name}: {exc}") from None
     return out
 
 
@@ -940,10 +1001,10 @@ def load_config(
 ) -> ServerConfig:
     """The effective settings: `flags` > `environ` > the file at `path` > defaults.
 
-    Relative paths in a config file are taken relative to the file's directory, so a
-    config works from any working directory; flags and environment are relative to
-    the working directory. `flag_names` maps a key to the flag that set it, for
-    messages (default `--set`).
+    Relative paths in a config file, the database paths of SQLite URLs included, are
+    taken relative to the file's directory, so a config works from any working
+    directory; flags and environment are relative to the working directory.
+    `flag_names` maps a key to the flag that set it, for messages (default `--set`).
     """
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
@@ -953,6 +1014,8 @@ def load_config(
         for k, v in read_file(path).items():
             if k in _PATH_KEYS and isinstance(v, str) and v and not Path(v).is_absolute():
                 v = str(base / v)
+            elif k in _DATABASE_URL_KEYS and isinstance(v, str):
+                v = sqlite_url_relative_to(v, base)
             values[k] = v
             sources[k] = str(path)
     for k, (name, v) in read_env(env).items():
@@ -985,6 +1048,57 @@ _PATH_KEYS = frozenset(
         "identity.apikeys.pepper_file",
     }
 )
+
+
+# Keys whose value is a database URL: a SQLite file in one is a path like the above.
+_DATABASE_URL_KEYS = frozenset(k.name for k in KEYS if k.check in (_store_url, _audit_url))
+
+# SQLAlchemy's URL grammar (`sqlalchemy.engine.url._parse_url`) up to the database part,
+# to find where that part starts in the text.
+_URL_DATABASE = re.compile(
+    r"[\w+]+://(?:[^:/]*(?::[^@]*)?@)?(?:(?:\[[^/?]+\]|[^/:?]+)?(?::[^/?]*)?)?/(?P<db>[^?]*)"
+)
+
+
+def sqlite_url_relative_to(url: str, base: Path) -> str:
+    """`url` with the relative file path of a SQLite database taken relative to `base`.
+
+    Any other URL is returned as it is: not SQLite, in memory (`sqlite://`,
+    `sqlite:///:memory:`), an absolute path, a `file:` URI filename, or not a URL at
+    all (it is reported when checked). Only the path changes: the rest of the text,
+    a password included, is kept as written (and never shown here).
+    """
+    if not url.startswith("sqlite") or base == Path("."):
+        return url
+    from sqlalchemy.engine import make_url  # only for SQLite URLs
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+        return url
+    db = parsed.database
+    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not db
+        or db == ":memory:"
+        or uri
+        or db.startswith("file:")
+        or Path(db).is_absolute()
+    ):
+        return url
+    want = str(base / db)
+    m = _URL_DATABASE.match(url)
+    if m is not None:  # keep the text as written: put the directory in front of the path
+        prefix = str(base).replace("%", "%25").replace("?", "%3F")
+        rebased = f"{url[: m.start('db')]}{prefix}/{url[m.start('db') :]}"
+        try:
+            if str(Path(make_url(rebased).database or "")) == want:
+                return rebased
+        except (ArgumentError, ValueError):
+            pass  # SQLAlchemy writes it, below
+    return parsed.set(database=want).render_as_string(hide_password=False)
 
 
 def _show(v: object) -> str:

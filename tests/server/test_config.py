@@ -47,6 +47,63 @@ def test_paths_in_a_file_are_relative_to_it(tmp_path: Path) -> None:
     assert cfg.bindings_file == "/abs/b.yaml"
 
 
+def test_sqlite_urls_in_a_file_are_relative_to_it(tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    from pdp.audit.recorder import default_directory
+
+    path = write(
+        tmp_path,
+        '[store]\nurl = "sqlite:///pdp.db"\n'
+        '[audit]\nsink = "sql"\nurl = "sqlite:///data/audit.db?timeout=5"\n',
+    )
+    cfg = load_config(path, environ={})
+    conf = tmp_path / "conf"
+    assert cfg.store_url == f"sqlite:///{conf}/pdp.db"
+    assert make_url(cfg.store_url).database == str(conf / "pdp.db")
+    assert cfg.audit.url == f"sqlite:///{conf}/data/audit.db?timeout=5"
+    # What follows the store follows it too: the default audit directory.
+    assert default_directory(cfg.store_url) == conf / "pdp-audit"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",  # in memory
+        "sqlite:///:memory:",
+        "sqlite:////var/lib/pdp/pdp.db",  # absolute
+        "sqlite:///file:pdp.db?mode=ro&uri=true",  # a URI filename, SQLite's own syntax
+        "postgresql://pdp@db:5432/pdp",
+    ],
+)
+def test_other_database_urls_in_a_file_are_kept_as_written(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f'[store]\nurl = "{url}"\n[audit]\nurl = "{url}"\n')
+    cfg = load_config(path, environ={})
+    assert (cfg.store_url, cfg.audit.url) == (url, url)
+
+
+def test_sqlite_urls_from_flags_and_environment_are_relative_to_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[store]\nurl = "sqlite:///file.db"\n')
+    env = {"PDP_STORE_URL": "sqlite:///env.db"}
+    assert load_config(path, environ=env).store_url == "sqlite:///env.db"
+    assert load_config(path, environ={"PDP_DB_URL": "sqlite:///db.db"}).store_url == (
+        "sqlite:///db.db"
+    )
+    flags = {"store.url": "sqlite:///flag.db", "audit.url": "sqlite:///a.db"}
+    cfg = load_config(path, environ=env, flags=flags)
+    assert (cfg.store_url, cfg.audit.url) == ("sqlite:///flag.db", "sqlite:///a.db")
+
+
+def test_a_bad_sqlite_url_in_a_file_never_shows_its_password(tmp_path: Path) -> None:
+    path = write(tmp_path, '[store]\nurl = "sqlite://pdp:s3cret@/pdp.db"\n')
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, environ={})
+    assert "s3cret" not in str(bad.value)
+    assert str(bad.value).startswith(f"{path}: store.url: `sqlite://pdp:***@")
+
+
 def test_store_cli_variable_is_honoured() -> None:
     assert load_config(None, environ={"PDP_DB_URL": "sqlite:///x.db"}).store_url == "sqlite:///x.db"
     env = {"PDP_DB_URL": "sqlite:///x.db", "PDP_STORE_URL": "sqlite:///y.db"}
@@ -130,6 +187,60 @@ def test_set_flags() -> None:
     }
     with pytest.raises(ConfigError, match="write `--set key=value`"):
         parse_set(["limits.max_batch"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '["subject","resource"]',  # TOML, as `--help` shows lists; JSON too
+        "['subject', 'resource']",  # TOML literal strings
+        '[\n  "subject",\n  "resource",\n]',
+        "[subject, resource]",  # what the shell leaves of the first one, unquoted
+        "subject,resource",
+        " subject , resource ",
+    ],
+)
+def test_lists_as_text_in_toml_json_or_with_commas(text: str) -> None:
+    assert parse_set([f"audit.include={text}"]) == {"audit.include": ["subject", "resource"]}
+    cfg = load_config(None, environ={"PDP_AUDIT_INCLUDE": text})
+    assert cfg.audit.include == ("subject", "resource")
+
+
+def test_lists_as_text_may_hold_commas_and_be_empty() -> None:
+    assert parse_set(['tls.allowed_callers=["CN=a,O=b", "c"]', "audit.redact=[]"]) == {
+        "tls.allowed_callers": ["CN=a,O=b", "c"],
+        "audit.redact": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('["subject","resource"', "audit.include: not a valid list"),  # unclosed
+        ('["subject", resource]', "audit.include: not a valid list"),  # half quoted
+        ('["subject"] x', "audit.include: not a valid list"),
+        ('["subject"]\nx = 1', "audit.include: not a valid list"),  # no smuggled keys
+        ('["subject", 1]', "audit.include: must be a list of non-empty strings"),
+    ],
+)
+def test_a_malformed_list_names_the_key(text: str, where: str) -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_config(None, environ={}, flags=parse_set([f"audit.include={text}"]))
+    assert str(bad.value).startswith(f"--set: {where}")
+    with pytest.raises(ConfigError) as bad:
+        load_config(None, environ={"PDP_AUDIT_INCLUDE": text})
+    assert str(bad.value).startswith(f"PDP_AUDIT_INCLUDE: {where}")
+    assert 'write ["a", "b"] or a,b' in str(bad.value) or "must be" in where
+
+
+@pytest.mark.parametrize(
+    "text", ['{tenant = "org.tenant", dept = "d"}', '{"tenant": "org.tenant", "dept": "d"}']
+)
+def test_tables_as_text_in_toml_or_json(text: str) -> None:
+    flags = parse_set([f"identity.jwt.properties={text}"])
+    assert flags == {"identity.jwt.properties": {"tenant": "org.tenant", "dept": "d"}}
+    with pytest.raises(ConfigError, match=r"^--set: identity.jwt.properties: not a valid table"):
+        parse_set(['identity.jwt.properties={tenant = "org.tenant"'])
 
 
 # --- [envoy] and [identity] -----------------------------------------------------------------

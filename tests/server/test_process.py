@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -177,15 +178,86 @@ def test_the_store_url_flag_has_the_name_other_commands_use(
     assert 'url = "sqlite:////tmp/other.db"' in printed
 
 
-def test_print_config_hides_database_passwords(capsys: pytest.CaptureFixture[str]) -> None:
+def test_print_config_hides_database_passwords(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pdp.cli.main import main
 
+    monkeypatch.chdir(tmp_path)
     args = ["serve", "--db", "postgresql://pdp:s3cret@127.0.0.1/pdp", "--print-config"]
     assert main([*args, "--set", "audit.sink=sql", "--set", "audit.url=sqlite:///a.db"]) == 0
     printed = capsys.readouterr().out
     assert "s3cret" not in printed
     assert 'url = "postgresql://pdp:***@127.0.0.1/pdp"' in printed
-    assert 'url = "sqlite:///a.db"' in printed
+    assert f'url = "sqlite:///{tmp_path}/a.db"' in printed  # relative to the directory
+
+
+def _print_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: str
+) -> str:
+    """`pdp serve ARGS --print-config` run in `cwd`, with no `PDP_*` variables; its output."""
+    from pdp.cli.main import main
+
+    for name in [n for n in os.environ if n.startswith("PDP_")]:
+        monkeypatch.delenv(name)
+    cwd.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(cwd)
+    assert main(["serve", *args, "--print-config"]) == 0
+    return capsys.readouterr().out
+
+
+def test_print_config_output_is_a_config_file_that_prints_the_same_from_anywhere(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "pdp.toml").write_text(
+        'policies = "pol"\n'
+        '[store]\nurl = "sqlite:///pdp.db"\n'
+        '[audit]\nsink = "sql"\nurl = "sqlite:///audit.db"\ninclude = ["subject"]\n'
+        '[identity.jwt]\nproperties = {tenant = "org.tenant"}\n',
+        encoding="utf-8",
+    )
+    first = _print_config(
+        capsys, monkeypatch, tmp_path / "run", "--config", "../conf/pdp.toml", "--schema", "s.yaml"
+    )
+    assert f'policies = "{tmp_path}/run/../conf/pol"' in first  # the file's directory
+    assert f'schema = "{tmp_path}/run/s.yaml"' in first  # a flag: the working directory
+    assert f'url = "sqlite:///{tmp_path}/run/../conf/pdp.db"' in first
+    assert f'url = "sqlite:///{tmp_path}/run/../conf/audit.db"' in first
+    printed = tmp_path / "elsewhere" / "printed.toml"
+    printed.parent.mkdir()
+    printed.write_text(first, encoding="utf-8")
+    again = _print_config(capsys, monkeypatch, tmp_path / "other", "--config", str(printed))
+    assert again == first
+    # And from the printed file's own directory, named relatively.
+    here = _print_config(capsys, monkeypatch, printed.parent, "--config", "printed.toml")
+    assert here == first
+
+
+def test_print_config_shows_the_audit_directory_and_chains_that_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pdp.audit.recorder import default_chain
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "pdp.toml").write_text('[store]\nurl = "sqlite:///pdp.db"\n', encoding="utf-8")
+    printed = _print_config(capsys, monkeypatch, tmp_path, "--config", "conf/pdp.toml")
+    assert f'path = "{tmp_path}/conf/pdp-audit"' in printed  # next to the store, as it runs
+    assert f'chain = ""  # empty: the host name, here "{default_chain()}"' in printed
+    printed = _print_config(
+        capsys, monkeypatch, tmp_path, "--bindings-file", "b/roles.yaml", "--workers", "2"
+    )
+    assert f'path = "{tmp_path}/b/pdp-audit"' in printed  # next to the bindings file
+    assert (
+        f'chain = ""  # empty: one chain per worker, here "{default_chain(0)}" to '
+        f'"{default_chain(1)}"'
+    ) in printed
+    printed = _print_config(capsys, monkeypatch, tmp_path, "--set", "audit.chain=mine")
+    assert 'chain = "mine"\n' in printed
+    printed = _print_config(capsys, monkeypatch, tmp_path, "--set", "audit.sink=none")
+    assert '[audit]\nsink = "none"\npath = ""\n' in printed  # no directory is written
 
 
 def test_a_port_in_use_is_one_line_with_the_systems_reason(policy_dir: Path) -> None:
