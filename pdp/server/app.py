@@ -471,9 +471,12 @@ def serve(
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info(
-            "%s received; draining (grace %.1f s)", signal.Signals(signum).name, cfg.grace_seconds
-        )
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            # A second signal during the drain: the operator wants out now.
+            log.error("%s received again while draining; exiting at once", name)
+            os._exit(1)
+        log.info("%s received; draining (grace %.1f s)", name, cfg.grace_seconds)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -491,8 +494,13 @@ def serve(
     # separate write of the newline let two workers' lines run together.
     sys.stdout.write(f"pdp serve: listening on {host}:{port} ({mode}), pid {os.getpid()}\n")
     sys.stdout.flush()
+    # A worker whose supervisor is gone (killed: no SIGTERM was forwarded) drains
+    # and exits, rather than serve on with the old settings beside a new supervisor.
+    supervisor = os.getppid() if worker is not None else None
     while not stop.wait(0.5):
-        pass
+        if supervisor is not None and os.getppid() != supervisor:
+            log.warning("the supervisor (pid %d) is gone; draining", supervisor)
+            break
     server.stop()
     log.info("stopped")
     return 0

@@ -128,6 +128,30 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
     )
 
 
+def test_a_second_signal_during_the_drain_exits_at_once(policy_dir: Path, tmp_path: Path) -> None:
+    records = tmp_path / "records.jsonl"
+    proc = start_process(["-m", "tests.server.slow_server", str(policy_dir), str(records), "5"])
+    target = f"127.0.0.1:{proc.port}"
+    try:
+        wait_for(lambda: health_status(target) == "SERVING", what="SERVING")
+
+        def call() -> None:
+            with PdpClient(target, timeout=10) as c, pytest.raises(PdpError):
+                c.check(ALICE, "read", DOC)  # cut off when the process exits
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()  # in flight for 5 s: the drain would wait for it
+        threading.Event().wait(0.3)
+        proc.terminate()
+        threading.Event().wait(0.3)
+        proc.terminate()
+        assert proc.wait(3) == 1
+        assert "received again while draining; exiting at once" in drain_output(proc)
+        caller.join(10)
+    finally:
+        proc.kill()
+
+
 def test_workers_share_one_port(policy_dir: Path, bindings_file: Path) -> None:
     port = free_port()
     proc = start_process(
@@ -165,6 +189,50 @@ def test_workers_share_one_port(policy_dir: Path, bindings_file: Path) -> None:
         assert proc.wait(30) == 0
     finally:
         proc.kill()
+
+
+def test_workers_whose_supervisor_is_killed_drain_and_exit(
+    policy_dir: Path, bindings_file: Path
+) -> None:
+    # SIGKILL (OOM, kill -9) forwards nothing: the workers notice their parent is gone.
+    import os
+    import signal
+
+    port = free_port()
+    args = ["serve", "--workers", "2", "--listen", f"127.0.0.1:{port}"]
+    args += ["--policies", str(policy_dir), "--bindings-file", str(bindings_file)]
+    proc = start_process(
+        ["-m", "pdp.cli.main", *args, "--set", "grace_seconds=1"], listening=2, timeout=60
+    )
+    try:
+        pids: set[int] = set()
+
+        def both_answer() -> bool:
+            with PdpClient(f"127.0.0.1:{port}", timeout=5) as c:
+                pids.add(c.server_info().pid)
+            return len(pids) == 2
+
+        wait_for(both_answer, timeout=30, what="both workers to answer")
+        os.kill(proc.popen.pid, signal.SIGKILL)
+        proc.popen.wait(10)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            # A zombie until reaped by init: its state says it ended.
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+        wait_for(lambda: all(gone(p) for p in pids), timeout=20, what="the workers to exit")
+    finally:
+        proc.kill()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.mark.parametrize("flag", ["--store-url", "--db"])
