@@ -62,6 +62,10 @@ class ChainReport:
     first_break: Break | None = None
     listed: list[Break] = field(default_factory=list)  # the first MAX_LISTED of them
     starts_after: int | None = None  # single file: the chain starts before this file
+    # The chain's last record, in the time range or not: what the writer's head must be.
+    end_seq: int = 0
+    end_hash: str | None = None
+    no_head: bool = False  # no head was recorded to compare the end with
 
     @property
     def ok(self) -> bool:
@@ -75,6 +79,7 @@ class ChainReport:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "head_hash": self.head_hash,
+            "head_recorded": not self.no_head,
             "breaks": self.breaks,
             "first_break": None if self.first_break is None else self.first_break.to_json(),
             "breaks_listed": [b.to_json() for b in self.listed],
@@ -104,6 +109,8 @@ def verify(source: AuditSource, flt: Filter | None = None, *, single_file: bool 
         head = source.recorded_head(chain) if flt.until_us is None else None
         out = verify_chain(chain, source.chain_entries(chain), flt, single_file=single_file)
         _check_head(out, head, source.head_where(chain))
+        # Said, not a break: a copy of a log may come without its head (see docs).
+        out.no_head = head is None and flt.until_us is None and bool(chain)
         report.chains.append(out)
     return report
 
@@ -112,7 +119,9 @@ def _check_head(out: ChainReport, head: ChainHead | None, where: str) -> None:
     """The chain must reach the head its writer recorded: else records were cut off."""
     if head is None:
         return
-    last = out.last_seq or 0
+    # The chain's true end, not the last record of a time range (`--since 1d` on a
+    # quiet day has none, and is no cut).
+    last = out.end_seq
     if head.seq < 0:
         problem = "its head file cannot be read, so records cut from the end would go unseen"
     elif last < head.seq:
@@ -125,7 +134,7 @@ def _check_head(out: ChainReport, head: ChainHead | None, where: str) -> None:
             f"the log ends at seq {last} but the writer wrote seq {head.seq}: {cut} "
             "missing (removed from the end)"
         )
-    elif last == head.seq and out.head_hash != head.hash:
+    elif last == head.seq and out.end_hash != head.hash:
         problem = f"the last record (seq {last}) is not the one the writer wrote"
     else:
         return  # at or past the head: a head written just before a crash lags, never leads
@@ -225,6 +234,7 @@ def verify_chain(
             out.last_seq = r.seq
             out.head_hash = r.hash
         prev_seq, prev_hash = r.seq, r.hash
+        out.end_seq, out.end_hash = r.seq, r.hash
     if flt.until_us is None:
         commit()  # trailing unreadable lines count when the range is open-ended
     return out
@@ -240,7 +250,10 @@ def describe(report: ChainReport) -> str:
     start = (
         f", continuing seq {report.starts_after} of an earlier file" if report.starts_after else ""
     )
+    unseen = (
+        "; no head recorded: records cut from the end would go unseen" if report.no_head else ""
+    )
     return (
         f"chain {report.chain}: ok, {report.checked} records, seq {report.first_seq} to "
-        f"{report.last_seq}{start}; head {report.head_hash}"
+        f"{report.last_seq}{start}; head {report.head_hash}{unseen}"
     )

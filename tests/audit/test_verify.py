@@ -205,6 +205,31 @@ def test_a_range_reports_only_breaks_within_it(log: Path, tmp_path: Path) -> Non
     assert not check(d).ok
 
 
+def test_a_range_with_no_records_is_no_cut_but_a_cut_end_still_shows(
+    log: Path, tmp_path: Path
+) -> None:
+    # `verify --since 1d` on a quiet day: nothing in range, and nothing missing.
+    after = record(N + 100).time_us
+    quiet = check(log, flt=Filter(since_us=after))
+    assert quiet.ok and quiet.checked == 0
+    # Records cut from the end are missing whatever the range.
+    d, lines = copy(log, tmp_path)
+    save(d, lines[:-2])
+    cut = check(d, flt=Filter(since_us=after))
+    assert cut.first_break is not None and "removed from the end" in cut.first_break.message
+
+
+def test_a_log_without_its_head_verifies_and_says_so(log: Path, tmp_path: Path) -> None:
+    d, lines = copy(log, tmp_path)
+    (d / "host.head").unlink()
+    save(d, lines[:-2])  # cut from the end: with no head, nothing can show it
+    c = check(d)
+    assert c.ok and c.no_head
+    assert describe(c).endswith("; no head recorded: records cut from the end would go unseen")
+    assert c.to_json()["head_recorded"] is False
+    assert not check(log).no_head
+
+
 def test_a_single_file_may_continue_an_earlier_one(log: Path, tmp_path: Path) -> None:
     d, lines = copy(log, tmp_path)
     part = tmp_path / "part.jsonl"
