@@ -116,8 +116,21 @@ def _unredacted(value: Mapping[str, Any], path: str, found: list[str]) -> dict[s
         where = f"{path}.{k}"
         if v == REDACTED:
             found.append(where)
-        elif isinstance(v, Mapping):
-            out[k] = _unredacted(v, where, found)
         else:
-            out[k] = v
+            out[k] = _unredacted_value(v, where, found)
     return out
+
+
+def _unredacted_value(v: Any, path: str, found: list[str]) -> Any:
+    """`v` with redacted values left out, records and lists (`context.items.ssn`) alike."""
+    if isinstance(v, Mapping):
+        return _unredacted(v, path, found)
+    if isinstance(v, list):
+        kept = []
+        for i, item in enumerate(v):
+            if item == REDACTED:
+                found.append(f"{path}[{i}]")
+            else:
+                kept.append(_unredacted_value(item, f"{path}[{i}]", found))
+        return kept
+    return v

@@ -328,3 +328,13 @@ def test_re_derived_diagnostics_show_control_characters_too(
     printed = capsys.readouterr().out
     assert "\x1b" not in printed
     assert "diagnostic[invalid_value]: `2026\\x1b[2J` is not an ISO 8601 time" in printed
+
+
+def test_redacted_values_inside_lists_are_left_out_of_the_rebuilt_request() -> None:
+    from pdp.audit.explain import _unredacted
+    from pdp.audit.record import REDACTED
+
+    found: list[str] = []
+    context = {"items": [{"ssn": REDACTED, "n": 1}, REDACTED], "a": REDACTED, "b": 2}
+    assert _unredacted(context, "context", found) == {"items": [{"n": 1}], "b": 2}
+    assert found == ["context.items[0].ssn", "context.items[1]", "context.a"]
