@@ -101,11 +101,13 @@ def register(sub: Any) -> None:
 
 
 def _sub(verbs: Any, name: str, text: str) -> argparse.ArgumentParser:
+    # Each verb's help lists what it takes: show takes an id, verify only a time range.
+    takes = {"show": [], "verify": [TIME_HELP]}.get(name, [FILTER_HELP, TIME_HELP])
     p: argparse.ArgumentParser = verbs.add_parser(
         name,
         help=text,
         description=text[0].upper() + text[1:] + ".",
-        epilog=f"{FILTER_HELP}\n\n{TIME_HELP}\n\n{EXIT_HELP}",
+        epilog="\n\n".join([*takes, EXIT_HELP]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = p.add_mutually_exclusive_group()

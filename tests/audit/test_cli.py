@@ -338,3 +338,16 @@ def test_redacted_values_inside_lists_are_left_out_of_the_rebuilt_request() -> N
     context = {"items": [{"ssn": REDACTED, "n": 1}, REDACTED], "a": REDACTED, "b": 2}
     assert _unredacted(context, "context", found) == {"items": [{"n": 1}], "b": 2}
     assert found == ["context.items[0].ssn", "context.items[1]", "context.a"]
+
+
+def test_each_verbs_help_lists_only_what_it_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    from pdp.cli.main import main
+
+    helps = {}
+    for verb in ("search", "show", "verify"):
+        with pytest.raises(SystemExit):
+            main(["audit", verb, "--help"])
+        helps[verb] = capsys.readouterr().out
+    assert "FIELD=VALUE" in helps["search"] and "--since" in helps["search"]
+    assert "filters, FIELD=VALUE" not in helps["show"] + helps["verify"]
+    assert "2h" in helps["verify"]  # the time range it does take
