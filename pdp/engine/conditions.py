@@ -397,6 +397,14 @@ def _in(left: Condition, right: Condition) -> Condition:
 def _member(v: object, items: list[Any] | tuple[Any, ...], op: str) -> bool:
     """Whether `v` is among `items`; a type error when none is of its kind (a string
     looked for among lists is a mistake, not an absence)."""
+    if type(v) is str:
+        # The usual case, an id among ids: `in` on the list itself, in C; a string
+        # equals only a string, so no kind check is needed to find it.
+        if v in items:
+            return True
+        if items and not any(type(i) is str for i in items):
+            raise _not_among(op, v, items)
+        return False
     kind = _kind(v)
     comparable = False
     for i in items:
