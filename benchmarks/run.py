@@ -20,6 +20,7 @@ MODULES: Sequence[str] = (
     "benchmarks.store_lookup",
     "benchmarks.server_load",
     "benchmarks.audit_throughput",
+    "benchmarks.server_instructions",
     "benchmarks.audit_search",
 )
 

@@ -147,25 +147,25 @@ def start_pdp(threads: int, *settings: str) -> tuple[subprocess.Popen[str], int,
     return proc, port, pid
 
 
-def wait_loaded(port: int) -> None:
+def wait_loaded(port: int, timeout: float = 30) -> None:
     """Until the PDP on `port` serves a policy version."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         info = ch.unary_unary(
             "/pdp.v1.DecisionService/ServerInfo",
             request_serializer=pb.ServerInfoRequest.SerializeToString,
             response_deserializer=pb.ServerInfoResponse.FromString,
         )
-        while not info(pb.ServerInfoRequest(), timeout=5).policy_version:
+        while not info(pb.ServerInfoRequest(), timeout=timeout).policy_version:
             if time.monotonic() > deadline:
                 raise RuntimeError("the PDP did not load its policies")
             time.sleep(0.1)
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str], wait: float = 20) -> None:
     proc.terminate()
     try:
-        proc.wait(20)
+        proc.wait(wait)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

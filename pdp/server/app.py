@@ -17,6 +17,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -126,7 +127,10 @@ def build_threaded_server(
 
 def thread_pool(cfg: ServerConfig) -> ThreadPoolExecutor:
     """The `threads` that answer calls which may block (store and identity lookups)."""
-    return ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="pdp-rpc")
+    return ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix=POOL_THREADS)
+
+
+POOL_THREADS = "pdp-rpc"
 
 
 def bind(
@@ -427,10 +431,19 @@ class PdpServer:
         self.health.enter_graceful_shutdown()
         self.reloader.stop()
         grace = self.cfg.grace_seconds if grace is None else grace
+        started = time.monotonic()
         if isinstance(self.server, grpc.aio.Server) and self._loop is not None:
             asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result()
         elif isinstance(self.server, grpc.Server):
             self.server.stop(grace).wait()
+        if grace > 0 and time.monotonic() - started >= grace:
+            # gRPC says no more than that it waited the whole grace period: what was
+            # still running then was cancelled (its callers got CANCELLED).
+            log.warning(
+                "calls were still running when the grace period (%.1f s) ended; they were "
+                "cancelled (grace_seconds sets it)",
+                grace,
+            )
         if self.recorder is not None:
             # After the last call: what is buffered is written before the process ends
             # (with the loop still running, for durable calls awaiting their records).
@@ -502,5 +515,33 @@ def serve(
             log.warning("the supervisor (pid %d) is gone; draining", supervisor)
             break
     server.stop()
+    stuck = _threads_still_busy(wait=1.0)
+    if stuck:
+        # A lookup stuck past the grace period (a database that stopped answering)
+        # would hold the exit until it returns: the interpreter joins such threads.
+        # Their calls were cancelled and nothing of theirs is left to flush.
+        log.warning(
+            "stopped; not waiting for %d thread(s) still busy after the grace period (%s)",
+            len(stuck),
+            ", ".join(sorted(t.name for t in stuck)),
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     log.info("stopped")
     return 0
+
+
+def _threads_still_busy(wait: float) -> list[threading.Thread]:
+    """The threads the interpreter would wait for at exit, still running after `wait` s:
+    non-daemon ones, and the call pool's (joined at exit whatever their daemon flag)."""
+    deadline = time.monotonic() + wait
+    me = threading.current_thread()
+    others = [
+        t
+        for t in threading.enumerate()
+        if t is not me and (not t.daemon or t.name.startswith(POOL_THREADS))
+    ]
+    for t in others:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in others if t.is_alive()]

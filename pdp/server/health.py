@@ -5,12 +5,17 @@ answers `Watch` by holding a pool thread until the stream ends, and a watcher th
 goes away without the stream ending holds it for good (16 of them took every thread
 and calls timed out; a server with one open at SIGTERM never exited). The statuses
 are kept here as well, so whichever servicer is attached starts with them.
+
+At shutdown every Watch stream is told NOT_SERVING and then ended (status OK): an
+open stream is an RPC in flight, and the server's drain would otherwise wait the
+whole grace period for watchers that never hang up (a load balancer's, typically).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -22,14 +27,88 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class _Ended(Exception):
+    """Raised out of a Watch loop once its last status has been sent."""
+
+
+class _Written:
+    """A Watch call's context that remembers the last status written, and ends the
+    stream (raising `_Ended`) after any status written once shutdown has begun."""
+
+    def __init__(self, context: Any, servicer: _AioServicer) -> None:
+        self._context = context
+        self._servicer = servicer
+        self.last: int | None = None
+
+    async def write(self, response: health_pb2.HealthCheckResponse) -> None:
+        await self._context.write(response)
+        self.last = response.status
+        if self._servicer.ending:
+            raise _Ended
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _AioServicer(health_async.HealthServicer):
+    """grpcio's asyncio servicer, with Watch streams that end at shutdown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ending = False
+        self._watches: dict[asyncio.Task[Any], _Written] = {}
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:  # noqa: N802
+        task = asyncio.current_task()
+        assert task is not None
+        written = self._watches[task] = _Written(context, self)
+        try:
+            await super().Watch(request, cast(Any, written))  # duck-typed: only write()
+        except _Ended:
+            pass  # NOT_SERVING was the last word: the stream ends with OK
+        except asyncio.CancelledError:
+            if not self.ending:
+                raise  # the watcher went away
+        finally:
+            del self._watches[task]
+
+    async def end(self) -> None:
+        """NOT_SERVING for good, sent on every stream, then every stream ended."""
+        self.ending = True
+        await self.enter_graceful_shutdown()
+        for task, written in list(self._watches.items()):
+            # Streams that last said SERVING (or nothing yet) are sending their final
+            # status now and end by themselves; the others (NOT_SERVING, or
+            # SERVICE_UNKNOWN) see no change to send, and would wait for good.
+            if written.last is not None and written.last != SERVING:
+                task.cancel()
+
+
+class _SyncServicer(health.HealthServicer):
+    """grpcio's thread-pool servicer, with Watch streams that end at shutdown."""
+
+    def end(self) -> None:
+        """NOT_SERVING for good, queued on every stream, then every stream ended."""
+        self.enter_graceful_shutdown()
+        # grpcio keeps each stream's sender in these (not in its type stubs); sending
+        # None ends the stream after what is queued (tests/server/test_health.py
+        # holds grpcio to that).
+        lock: threading.RLock = self._lock  # type: ignore[attr-defined]
+        groups: dict[str, set[Any]] = self._send_response_callbacks  # type: ignore[attr-defined]
+        with lock:
+            senders = [s for group in groups.values() for s in group]
+        for send in senders:
+            send(None)
+
+
 class Health:
     """The serving status of each service name; `attach` it to the server."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._status: dict[str, int] = {}
-        self._sync: health.HealthServicer | None = None
-        self._aio: health_async.HealthServicer | None = None
+        self._sync: _SyncServicer | None = None
+        self._aio: _AioServicer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(
@@ -40,10 +119,10 @@ class Health:
         with self._lock:
             if isinstance(server, grpc.aio.Server):
                 assert loop is not None
-                self._aio, self._loop = health_async.HealthServicer(), loop
+                self._aio, self._loop = _AioServicer(), loop
                 servicer: health_pb2_grpc.HealthServicer = self._aio
             else:
-                self._sync = servicer = health.HealthServicer()
+                self._sync = servicer = _SyncServicer()
             for name, status in self._status.items():
                 self._apply(name, status)
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -55,14 +134,15 @@ class Health:
             self._apply(name, status)
 
     def enter_graceful_shutdown(self) -> None:
-        """NOT_SERVING for good: set before the port closes, so balancers look away."""
+        """NOT_SERVING for good: set before the port closes, so balancers look away;
+        Watch streams are told, then ended."""
         with self._lock:
             for name in self._status:
                 self._status[name] = NOT_SERVING
             if self._sync is not None:
-                self._sync.enter_graceful_shutdown()
+                self._sync.end()
             if self._aio is not None:
-                self._run(self._aio.enter_graceful_shutdown())
+                self._run(self._aio.end())
 
     def _apply(self, name: str, status: int) -> None:
         if self._sync is not None:

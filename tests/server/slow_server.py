@@ -1,6 +1,6 @@
 """A real `serve()` process whose role lookups are slow, for the SIGTERM drain test.
 
-    python -m tests.server.slow_server POLICY_DIR RECORDS_FILE DELAY_SECONDS
+    python -m tests.server.slow_server POLICY_DIR RECORDS_FILE DELAY_SECONDS [GRACE_SECONDS]
 
 Each role lookup sleeps DELAY_SECONDS, so calls are reliably in flight when the test
 sends SIGTERM; the audit log is buffered and its sink writes RECORDS_FILE only when
@@ -66,13 +66,14 @@ class FileAtCloseSink:
 
 def main() -> int:
     policies, records, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    grace = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
     cfg = load_config(
         None,
         environ={},
         flags={
             "listen": "127.0.0.1:0",
             "policies": policies,
-            "grace_seconds": 10.0,
+            "grace_seconds": grace,
             # Written after the drain, at close: what shutdown must flush.
             "audit.mode": "buffered",
             "audit.flush_interval": 60.0,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdp.server.app import PdpServer
+from tests.identity.keys import jwks, public_jwk, rsa_key
 from tests.server.support import (
     drain_output,
     health_status,
@@ -74,3 +77,57 @@ def test_an_open_watch_does_not_keep_the_process_from_exiting(
         channel.close()
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["grpc.aio", "thread pool"])
+def test_open_watches_are_told_and_ended_at_stop_without_waiting_out_the_grace(
+    policy_dir: Path, bindings_file: Path, tmp_path: Path, on_loop: bool
+) -> None:
+    flags: dict[str, object] = {"store.bindings_file": str(bindings_file), "grace_seconds": 10.0}
+    if not on_loop:
+        # A credential source that may wait on I/O: calls are answered on a thread pool.
+        (tmp_path / "jwks.json").write_bytes(jwks(public_jwk(rsa_key(), "rsa-1")))
+        flags |= {
+            "identity.jwt.issuer": "https://issuer.test",
+            "identity.jwt.audiences": ["pdp"],
+            "identity.jwt.jwks_file": str(tmp_path / "jwks.json"),
+        }
+    server = PdpServer(server_config(policy_dir, flags))
+    port = server.start()
+    assert server.on_loop is on_loop
+    target = f"127.0.0.1:{port}"
+    watchers = [_watch(target) for _ in range(3)]
+    statuses: list[list[int]] = [[] for _ in watchers]
+    ended: list[str] = []
+
+    def read(i: int) -> None:
+        try:
+            for r in watchers[i][1]:  # type: ignore[attr-defined]
+                statuses[i].append(r.status)
+            ended.append("OK")
+        except grpc.RpcError as exc:
+            ended.append(exc.code().name)
+
+    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(3)]
+    for t in readers:
+        t.start()
+    # One watcher asks about a service with no status: it has heard SERVICE_UNKNOWN
+    # already and nothing changes for it at shutdown, so it is simply ended.
+    unknown = health_pb2_grpc.HealthStub(watchers[0][0]).Watch(
+        health_pb2.HealthCheckRequest(service="no.such.Service")
+    )
+    first = next(unknown)
+    assert first.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    started = time.monotonic()
+    server.stop()  # the configured grace: 10 s
+    took = time.monotonic() - started
+    for t in readers:
+        t.join(5)
+    assert took < 5, f"stop() waited {took:.1f} s for the open Watch streams"
+    assert ended == ["OK"] * 3, ended
+    for seen in statuses:
+        assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING, statuses
+    with pytest.raises(StopIteration):
+        next(unknown)  # ended with OK, not cut off
+    for channel, _ in watchers:
+        channel.close()

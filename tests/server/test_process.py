@@ -81,6 +81,39 @@ def test_sigterm_drains_in_flight_calls_and_flushes(policy_dir: Path, tmp_path: 
         )
         out = drain_output(proc)
         assert "SIGTERM received; draining" in out
+        assert "grace period" not in out  # every call finished within it
+        assert "Traceback" not in out
+    finally:
+        proc.kill()
+
+
+def test_calls_cut_off_by_the_grace_period_are_logged(policy_dir: Path, tmp_path: Path) -> None:
+    records = tmp_path / "records.jsonl"
+    args = ["-m", "tests.server.slow_server", str(policy_dir), str(records), "5", "0.5"]
+    proc = start_process(args)
+    target = f"127.0.0.1:{proc.port}"
+    try:
+        wait_for(lambda: health_status(target) == "SERVING", what="SERVING")
+        failed: list[str] = []
+
+        def call() -> None:
+            with PdpClient(target, timeout=10) as c:
+                try:
+                    c.check(ALICE, "read", DOC)
+                except PdpError as exc:
+                    failed.append(exc.code)
+
+        caller = threading.Thread(target=call)
+        caller.start()  # in flight for 5 s: longer than the 0.5 s grace
+        threading.Event().wait(0.3)
+        proc.terminate()
+        assert proc.wait(4) == 0
+        caller.join(10)
+        assert failed and failed[0] in {"CANCELLED", "UNAVAILABLE"}, failed
+        out = drain_output(proc)
+        assert "calls were still running when the grace period (0.5 s) ended" in out
+        # The lookup itself goes on for 5 s on its thread: the exit does not wait for it.
+        assert "not waiting for 1 thread(s) still busy after the grace period (pdp-rpc_0)" in out
         assert "Traceback" not in out
     finally:
         proc.kill()
