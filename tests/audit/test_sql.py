@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import delete, inspect, text, update
+from sqlalchemy import delete, inspect, select, text, update
 
 from pdp.audit.query import Filter, make_filter
 from pdp.audit.record import DecisionRecord
@@ -81,6 +81,51 @@ def test_tampering_in_the_table_is_found(filled: SqlSource) -> None:
     assert "indexed columns differ from the record: allowed" in ca.first_break.message
     assert cb.first_break is not None and cb.first_break.seq == 10
     assert "record 9 removed or moved" in cb.first_break.message
+
+
+def test_tampering_with_the_rules_index_is_found(filled: SqlSource) -> None:
+    # `search rule=...` and stats read the rules side table: a row removed there hides
+    # its record from a search by that rule; a row changed or moved shows a record
+    # under a rule that did not decide it. The chain itself is intact.
+    a, r = filled.audit, filled.rules
+    with filled.engine.begin() as conn:
+        ruled = conn.execute(
+            select(a.c.chain, a.c.seq, a.c.id, r.c.rule_id)
+            .join(r, r.c.audit_id == a.c.id)
+            .order_by(a.c.chain, a.c.seq)
+        ).all()
+        in_a = [x for x in ruled if x.chain == "a"]
+        in_b = [x for x in ruled if x.chain == "b"]
+        gone, renamed, moved, onto = in_a[0], in_a[1], in_b[0], in_b[2]
+        conn.execute(delete(r).where(r.c.audit_id == gone.id, r.c.rule_id == gone.rule_id))
+        conn.execute(
+            update(r)
+            .where(r.c.audit_id == renamed.id, r.c.rule_id == renamed.rule_id)
+            .values(rule_id="made.up")
+        )
+        conn.execute(
+            update(r)
+            .where(r.c.audit_id == moved.id, r.c.rule_id == moved.rule_id)
+            .values(audit_id=onto.id)
+        )
+    report = verify(filled)
+    ca, cb = report.chains
+    table = f"{a.name}_rules"
+    assert [(b.seq, b.message) for b in ca.listed] == [
+        (
+            gone.seq,
+            f"changed: the rules index ({table}) differs from the record: it lacks {gone.rule_id}",
+        ),
+        (
+            renamed.seq,
+            f"changed: the rules index ({table}) differs from the record: it lacks "
+            f"{renamed.rule_id} and has made.up",
+        ),
+    ]
+    assert [b.seq for b in cb.listed] == [moved.seq, onto.seq]
+    assert cb.listed[0].message.endswith(f"it lacks {moved.rule_id}")
+    # Moved onto a record that has the same rule: there, with the other record's time.
+    assert cb.listed[1].message.startswith(f"changed: the rules index ({table}) differs")
 
 
 def test_rows_deleted_from_the_end_are_found_by_the_head(filled: SqlSource) -> None:
