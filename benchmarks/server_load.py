@@ -281,7 +281,9 @@ morning) while a check cost 374–440 µs: check/echo 1.56×, 1.69× and 1.77× 
 runs. The ratio moves with the echo's cost more than with ours: at a 250 µs echo,
 1.25× leaves a check 60 µs above it, and the handler alone takes 122 µs of its
 thread's CPU inside the server (`time.thread_time_ns()` around it; 56 µs in a loop
-in-process).
+in-process). Counted in instructions, which this box's noise does not move
+(`benchmarks/server_instructions.py`, below), check/echo is 1.52×–1.58×: the timed
+runs at 1.23×–1.32× were the noise's luck.
 
 ### Why the server answers on the event loop (measured 2026-11-27)
 
@@ -303,7 +305,7 @@ pair gave check/echo 1.51×–1.73× on the thread pool and 1.08×–1.37× on a
 aio trial in an earlier session measured 1.46×–1.77×; today's runs did not reproduce
 that.) What needs I/O still runs on the pool: see docs/server.md, "Where calls run".
 
-### Why a check still costs about 1.3× an echo call
+### Why a check costs about 1.5× an echo call
 
 The handler is 45–60 µs of Python in a loop (the box's speed moved during the day):
 parsing and converting the request about 13, the engine with the role lookup 10–17
@@ -315,7 +317,9 @@ the decisions were added to the response in place instead of copied in, attribut
 sizes were skipped for requests too small to exceed the limit, and decision ids were
 formatted from their parts: 5.6% less, within this box's run-to-run noise here.)
 Inside the loaded server it costs two to three times the loop figure, like gRPC's
-own Python. For a robust 1.25× the handler would need about a quarter less.
+own Python. For 1.25× the handler would need half its instructions, and reading the
+request's fields out of protobuf alone takes most of that budget (see "What 1.25×
+leaves for a check" below).
 
 Tried and not adopted: **mypyc** on the engine, the converter and `pdp.evaluation`
 (in-process check 46–49 → 35–43 µs, 10–20%; a C build step in every set-up for less
