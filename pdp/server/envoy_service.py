@@ -47,7 +47,7 @@ from pdp.identity.result import Identity
 from pdp.server.config import EnvoyConfig
 from pdp.server.identity import ServerIdentity
 from pdp.server.ids import new_decision_id
-from pdp.server.service import caller_identities
+from pdp.server.service import caller_identities, caller_of
 from pdp.server.state import ServingState, Snapshot
 
 log = logging.getLogger("pdp.envoy")
@@ -160,7 +160,7 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
                 Decision("", False, (), (diag,), snap.policy.version),
                 None,
                 decision_id=decision_id,
-                caller=context.peer(),
+                caller=caller_of(context, self._tls),
                 latency_us=(time.perf_counter_ns() - started) // 1000,
                 policy=snap.policy,
                 config=recorder.config,
@@ -219,12 +219,11 @@ class EnvoyService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignor
             bindings_version = snap.roles.version()
         except Exception:  # a store that is down: the record is still worth having
             bindings_version = ""
-        ids = caller_identities(context) if self._tls else frozenset()
         record = build_record(
             decision,
             request,
             decision_id=outcome.decision_id,
-            caller=",".join(sorted(ids)) or context.peer(),
+            caller=caller_of(context, self._tls),
             latency_us=(time.perf_counter_ns() - started) // 1000,
             bindings_version=bindings_version,
             policy=snap.policy,

@@ -651,8 +651,7 @@ class DecisionService:
         recorder = self._recorder
         assert recorder is not None
         config = recorder.config
-        ids_ = caller_identities(context) if self._tls else ()
-        caller = ",".join(sorted(ids_)) or context.peer()
+        caller = caller_of(context, self._tls)
         latency = (time.perf_counter_ns() - started) // 1000
         with_subject = "subject" in config.include
         enriched = seen if seen is not None else {}  # by identity: items share their subject
@@ -741,6 +740,25 @@ class _Detached:
             context.set_code(self._code)
         if self._details is not None:
             context.set_details(self._details)
+
+
+def caller_of(context: grpc.ServicerContext, tls: bool) -> str:
+    """Who asked, for the audit log: the client certificate's identities, else the peer's
+    address without its port (a new one per connection, so no use to a search)."""
+    ids = caller_identities(context) if tls else ()
+    return ",".join(sorted(ids)) or peer_address(context.peer())
+
+
+def peer_address(peer: str) -> str:
+    """gRPC's peer string without the port: `ipv4:10.0.0.5:51234` → `ipv4:10.0.0.5`,
+    `ipv6:[::1]:51234` (or its %5B...%5D form) → `ipv6:[::1]`; others as they are."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    return f"{kind}:{host.replace('%5B', '[').replace('%5D', ']')}"
 
 
 def caller_identities(context: grpc.ServicerContext) -> frozenset[str]:

@@ -15,6 +15,7 @@ from pdp.audit.sink import MemorySink
 from pdp.client import PdpClient, PdpError
 from pdp.server.app import PdpServer
 from pdp.server.config import load_config
+from pdp.server.service import peer_address
 from pdp.server.state import RoleBackend, RoleBackendError, Roles
 from pdp.store.errors import StoreUnavailable
 from tests.server.support import ALICE, DOC, health_status, wait_for
@@ -144,4 +145,19 @@ def test_records_reach_the_sink_and_it_is_closed(policy_dir: Path) -> None:
     assert (first.subject_id, first.resource_type, first.resource_id) == ("alice", "doc", "1")
     assert first.allowed and [x.rule for x in first.reasons] == ["doc.viewer-read"]
     assert first.policy_version == d.policy_version and first.bindings_version == "rev-7"
-    assert first.caller.startswith("ipv4:127.0.0.1:")
+    assert first.caller == "ipv4:127.0.0.1"  # the address; the port is per connection
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:10.0.0.5:51234", "ipv4:10.0.0.5"),
+        ("ipv6:%5B::1%5D:39878", "ipv6:[::1]"),  # how grpcio spells it
+        ("ipv6:[2001:db8::7]:443", "ipv6:[2001:db8::7]"),
+        ("unix:/run/pdp.sock", "unix:/run/pdp.sock"),
+        ("ipv4:10.0.0.5", "ipv4:10.0.0.5"),
+        ("", ""),
+    ],
+)
+def test_the_audit_caller_is_the_peer_address_without_its_port(peer: str, address: str) -> None:
+    assert peer_address(peer) == address
