@@ -264,7 +264,11 @@ def run_show(args: argparse.Namespace) -> int:
         source.close()
     _warn(problems)
     if record is None:
-        return fail(f"no decision `{args.decision_id}` in {source.description}")
+        return fail(
+            f"no decision `{args.decision_id}` in {source.description}; it may be in another "
+            "log (--log, --db), an allowed decision left out by audit.sample_allowed, or "
+            "older than what is kept"
+        )
     again = _rederive(record, args)
     if args.json:
         print_json({"record": record.to_json(), "rederived": _rederived_json(again)})

@@ -144,6 +144,7 @@ def test_control_characters_from_callers_cannot_drive_the_terminal(
 def test_show_unknown_decision(cli: Cli) -> None:
     code, _, err = cli("show", "nope")
     assert code == 1 and "no decision `nope` in" in err
+    assert "left out by audit.sample_allowed" in err.replace("\n", " ")
 
 
 def test_stats(cli: Cli) -> None:
