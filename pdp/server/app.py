@@ -477,7 +477,9 @@ def serve(
 ) -> int:
     """Run one serving process until SIGTERM or SIGINT; the exit code.
 
-    `backend` and `sink` replace the configured ones (for embedding and tests);
+    It owns the process: signal handlers, logging, and an `os._exit` when threads are
+    still stuck after the drain. To serve inside a program of your own, use `PdpServer`.
+    `backend` and `sink` replace the configured ones (for tests and custom stores);
     `worker` is this process's number under `--workers`.
     """
     configure_logging(cfg.log_level)

@@ -14,6 +14,8 @@ whole grace period for watchers that never hang up (a load balancer's, typically
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import threading
 from typing import Any, cast
 
@@ -21,6 +23,8 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+log = logging.getLogger("pdp.server")
 
 SERVICE_NAME = health.SERVICE_NAME
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -33,7 +37,9 @@ class _Ended(Exception):
 
 class _Written:
     """A Watch call's context that remembers the last status written, and ends the
-    stream (raising `_Ended`) after any status written once shutdown has begun."""
+    stream (raising `_Ended`) after a final status written once shutdown has begun:
+    anything but SERVING, which can only be one already on its way (the loop then
+    waits, is told NOT_SERVING, writes it and ends)."""
 
     def __init__(self, context: Any, servicer: _AioServicer) -> None:
         self._context = context
@@ -43,7 +49,7 @@ class _Written:
     async def write(self, response: health_pb2.HealthCheckResponse) -> None:
         await self._context.write(response)
         self.last = response.status
-        if self._servicer.ending:
+        if self._servicer.ending and response.status != SERVING:
             raise _Ended
 
     def __getattr__(self, name: str) -> Any:
@@ -65,7 +71,7 @@ class _AioServicer(health_async.HealthServicer):
         try:
             await super().Watch(request, cast(Any, written))  # duck-typed: only write()
         except _Ended:
-            pass  # NOT_SERVING was the last word: the stream ends with OK
+            pass  # the last word was said: the stream ends with OK
         except asyncio.CancelledError:
             if not self.ending:
                 raise  # the watcher went away
@@ -87,17 +93,49 @@ class _AioServicer(health_async.HealthServicer):
 class _SyncServicer(health.HealthServicer):
     """grpcio's thread-pool servicer, with Watch streams that end at shutdown."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._ending = False
+        self._ended: set[Any] = set()  # senders already sent their end
+
+    def Watch(  # noqa: N802
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: Any,
+        send_response_callback: Any = None,
+    ) -> Any:
+        watcher = super().Watch(request, context, send_response_callback)
+        if self._ending:
+            # Opened during the drain (a health client reconnects as soon as its stream
+            # ends): its status again, in case shutdown began after it was read, then
+            # the end. Left open, it would hold the drain for the whole grace period.
+            self._end_streams(final_status=True)
+        return watcher
+
     def end(self) -> None:
         """NOT_SERVING for good, queued on every stream, then every stream ended."""
+        self._ending = True
         self.enter_graceful_shutdown()
-        # grpcio keeps each stream's sender in these (not in its type stubs); sending
-        # None ends the stream after what is queued (tests/server/test_health.py
-        # holds grpcio to that).
+        self._end_streams(final_status=False)
+
+    def _end_streams(self, *, final_status: bool) -> None:
+        # grpcio keeps each stream's sender in these (not in its type stubs), and its
+        # statuses; sending None ends a stream after what is queued
+        # (tests/server/test_health.py holds grpcio to that).
         lock: threading.RLock = self._lock  # type: ignore[attr-defined]
         groups: dict[str, set[Any]] = self._send_response_callbacks  # type: ignore[attr-defined]
+        statuses: dict[str, int] = self._server_status  # type: ignore[attr-defined]
         with lock:
-            senders = [s for group in groups.values() for s in group]
-        for send in senders:
+            ending = [
+                (send, statuses.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
+                for service, group in groups.items()
+                for send in group
+                if send not in self._ended
+            ]
+            self._ended.update(send for send, _ in ending)
+        for send, status in ending:
+            if final_status:
+                send(health_pb2.HealthCheckResponse(status=status))
             send(None)
 
 
@@ -159,8 +197,14 @@ class Health:
         except RuntimeError:
             running = None
         if running is loop:
-            loop.create_task(step)
+            loop.create_task(step).add_done_callback(_log_failure)
         elif loop.is_closed():
             step.close()
         else:
-            asyncio.run_coroutine_threadsafe(step, loop)
+            asyncio.run_coroutine_threadsafe(step, loop).add_done_callback(_log_failure)
+
+
+def _log_failure(done: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+    """Run without anyone waiting for it: a failure would otherwise go unseen."""
+    if not done.cancelled() and done.exception() is not None:
+        log.error("health: setting a status failed", exc_info=done.exception())

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdp.server.app import PdpServer
+from pdp.server.health import SERVING, _AioServicer
 from tests.identity.keys import jwks, public_jwk, rsa_key
 from tests.server.support import (
     drain_output,
@@ -79,10 +82,7 @@ def test_an_open_watch_does_not_keep_the_process_from_exiting(
         proc.kill()
 
 
-@pytest.mark.parametrize("on_loop", [True, False], ids=["grpc.aio", "thread pool"])
-def test_open_watches_are_told_and_ended_at_stop_without_waiting_out_the_grace(
-    policy_dir: Path, bindings_file: Path, tmp_path: Path, on_loop: bool
-) -> None:
+def _server(policy_dir: Path, bindings_file: Path, tmp_path: Path, on_loop: bool) -> PdpServer:
     flags: dict[str, object] = {"store.bindings_file": str(bindings_file), "grace_seconds": 10.0}
     if not on_loop:
         # A credential source that may wait on I/O: calls are answered on a thread pool.
@@ -93,8 +93,17 @@ def test_open_watches_are_told_and_ended_at_stop_without_waiting_out_the_grace(
             "identity.jwt.jwks_file": str(tmp_path / "jwks.json"),
         }
     server = PdpServer(server_config(policy_dir, flags))
-    port = server.start()
+    server.start()
     assert server.on_loop is on_loop
+    return server
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["grpc.aio", "thread pool"])
+def test_open_watches_are_told_and_ended_at_stop_without_waiting_out_the_grace(
+    policy_dir: Path, bindings_file: Path, tmp_path: Path, on_loop: bool
+) -> None:
+    server = _server(policy_dir, bindings_file, tmp_path, on_loop)
+    port = server.port
     target = f"127.0.0.1:{port}"
     watchers = [_watch(target) for _ in range(3)]
     statuses: list[list[int]] = [[] for _ in watchers]
@@ -131,3 +140,71 @@ def test_open_watches_are_told_and_ended_at_stop_without_waiting_out_the_grace(
         next(unknown)  # ended with OK, not cut off
     for channel, _ in watchers:
         channel.close()
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["grpc.aio", "thread pool"])
+def test_a_watcher_that_reconnects_during_the_drain_does_not_hold_it(
+    policy_dir: Path, bindings_file: Path, tmp_path: Path, on_loop: bool
+) -> None:
+    # Health clients (gRPC's client-side health checking, Envoy) open a new Watch as
+    # soon as a stream ends, while the port is still open: those must end too.
+    server = _server(policy_dir, bindings_file, tmp_path, on_loop)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    streams: list[list[int]] = []
+    done = threading.Event()
+
+    def watcher() -> None:
+        while not done.is_set():
+            seen: list[int] = []
+            streams.append(seen)
+            try:
+                for r in stub.Watch(health_pb2.HealthCheckRequest()):
+                    seen.append(r.status)
+            except grpc.RpcError:
+                return  # the port closed
+            if not seen:
+                return
+
+    reader = threading.Thread(target=watcher, daemon=True)
+    reader.start()
+    wait_for(lambda: bool(streams and streams[0]), what="the first status")
+    started = time.monotonic()
+    server.stop()
+    took = time.monotonic() - started
+    done.set()
+    reader.join(5)
+    channel.close()
+    assert took < 5, f"stop() waited {took:.1f} s for Watch streams opened during the drain"
+    assert len(streams) >= 2, streams  # it did reconnect while the port was open
+    ended = [seen for seen in streams[1:] if seen]
+    assert ended and all(seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING for seen in ended)
+
+
+def test_a_serving_status_in_flight_at_shutdown_is_followed_by_not_serving() -> None:
+    # The Watch holds its lock while writing SERVING; shutdown's NOT_SERVING waits for
+    # it. The stream must not end on that SERVING.
+    class Slow:
+        def __init__(self) -> None:
+            self.sent: list[int] = []
+            self.gate = asyncio.Event()
+
+        async def write(self, response: health_pb2.HealthCheckResponse) -> None:
+            await self.gate.wait()  # on the wire
+            self.sent.append(response.status)
+
+    async def scenario() -> list[int]:
+        servicer = _AioServicer()
+        await servicer.set("", SERVING)
+        context: Any = Slow()
+        watch = asyncio.create_task(servicer.Watch(health_pb2.HealthCheckRequest(), context))
+        await asyncio.sleep(0)  # writing SERVING
+        end = asyncio.create_task(servicer.end())
+        await asyncio.sleep(0)
+        context.gate.set()
+        await asyncio.wait_for(watch, 5)
+        await asyncio.wait_for(end, 5)
+        return list(context.sent)
+
+    sent = asyncio.run(scenario())
+    assert sent == [SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
