@@ -176,9 +176,13 @@ def test_a_watcher_that_reconnects_during_the_drain_does_not_hold_it(
     reader.join(5)
     channel.close()
     assert took < 5, f"stop() waited {took:.1f} s for Watch streams opened during the drain"
-    assert len(streams) >= 2, streams  # it did reconnect while the port was open
-    ended = [seen for seen in streams[1:] if seen]
-    assert ended and all(seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING for seen in ended)
+    assert len(streams) >= 2, streams  # it tried again once its stream ended
+    # Each stream that got anything ended on NOT_SERVING. (Whether a reconnection
+    # came before the port closed depends on timing; on the thread-pool server one
+    # that did held stop() for the whole grace period.)
+    answered = [seen for seen in streams if seen]
+    assert answered[0][0] == SERVING
+    assert all(seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING for seen in answered)
 
 
 def test_a_serving_status_in_flight_at_shutdown_is_followed_by_not_serving() -> None:
