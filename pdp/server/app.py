@@ -125,12 +125,12 @@ def build_threaded_server(
     )
 
 
+POOL_THREADS = "pdp-rpc"  # the name prefix of the call pool's threads
+
+
 def thread_pool(cfg: ServerConfig) -> ThreadPoolExecutor:
     """The `threads` that answer calls which may block (store and identity lookups)."""
     return ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix=POOL_THREADS)
-
-
-POOL_THREADS = "pdp-rpc"
 
 
 def bind(
