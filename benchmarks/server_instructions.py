@@ -168,10 +168,10 @@ def report(
     ]
     text = f"""{HEADING}
 
-`python -m benchmarks.server_instructions` (about 6 minutes). Each server process runs
+`python -m benchmarks.server_instructions` (about 7 minutes). Each server process runs
 under `valgrind --tool=callgrind`: {calls:,} calls with {concurrency} in flight after a
 warm-up, counted in every thread of the server, user space only (no kernel time, no
-cache misses). Whatever else the box does, four runs on 2026-11-27 gave check/echo
+cache misses). Whatever else the box does, five runs on 2026-11-27 gave check/echo
 1.52×–1.58×, with counts within 5% of each other; timed CPU gave 1.23×–1.77× over two
 days. So this is where a change to the per-call work shows; `server_load` and
 `audit_throughput` time the same calls on real CPUs. Same request as `server_load`.
