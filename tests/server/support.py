@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pdp.client import PdpClient
 from pdp.server.app import PdpServer
 from pdp.server.config import ServerConfig, load_config
+from tests.identity.keys import jwks, public_jwk, rsa_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -188,6 +189,17 @@ def drain_output(proc: Proc) -> str:
     """Everything the process printed (call after it exited)."""
     assert proc.popen.stdout is not None
     return "".join(proc.lines) + proc.popen.stdout.read()
+
+
+def thread_pool_settings(directory: Path) -> dict[str, object]:
+    """Settings that make the server a thread-pool one: a JWT key set (written into
+    `directory`) means any call may wait on a credential lookup."""
+    (directory / "jwks.json").write_bytes(jwks(public_jwk(rsa_key(), "rsa-1")))
+    return {
+        "identity.jwt.issuer": "https://issuer.test",
+        "identity.jwt.audiences": ["pdp"],
+        "identity.jwt.jwks_file": str(directory / "jwks.json"),
+    }
 
 
 def server_config(policies: Path, flags: dict[str, object]) -> ServerConfig:

@@ -23,8 +23,7 @@ from pdp.server.app import PdpServer
 from pdp.server.config import load_config
 from pdp.server.state import RoleBackend, Roles
 from pdp.store.blocking import WouldBlock, check_may_block, forbid_blocking
-from tests.identity.keys import jwks, public_jwk, rsa_key
-from tests.server.support import ALICE, DOC
+from tests.server.support import ALICE, DOC, thread_pool_settings
 
 
 class CachingSource:
@@ -132,16 +131,12 @@ def test_with_credentials_to_look_up_every_call_runs_on_the_pool(
 ) -> None:
     # Any call may wait on a key, session or JWKS lookup: the server is then the
     # thread-pool one, and even a cached role lookup happens on a pool thread.
-    jwks_file = tmp_path / "jwks.json"
-    jwks_file.write_bytes(jwks(public_jwk(rsa_key(), "rsa-1")))
     source = CachingSource()
     flags = {
         "listen": "127.0.0.1:0",
         "policies": str(policy_dir),
         "audit.sink": "none",
-        "identity.jwt.issuer": "https://issuer.test",
-        "identity.jwt.audiences": ["pdp"],
-        "identity.jwt.jwks_file": str(jwks_file),
+        **thread_pool_settings(tmp_path),
     }
     server = PdpServer(load_config(None, environ={}, flags=flags), backend=Backend(source))
     port = server.start()

@@ -14,12 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdp.server.app import PdpServer
 from pdp.server.health import SERVING, _AioServicer
-from tests.identity.keys import jwks, public_jwk, rsa_key
 from tests.server.support import (
     drain_output,
     health_status,
     server_config,
     start_process,
+    thread_pool_settings,
     wait_for,
 )
 
@@ -85,13 +85,7 @@ def test_an_open_watch_does_not_keep_the_process_from_exiting(
 def _server(policy_dir: Path, bindings_file: Path, tmp_path: Path, on_loop: bool) -> PdpServer:
     flags: dict[str, object] = {"store.bindings_file": str(bindings_file), "grace_seconds": 10.0}
     if not on_loop:
-        # A credential source that may wait on I/O: calls are answered on a thread pool.
-        (tmp_path / "jwks.json").write_bytes(jwks(public_jwk(rsa_key(), "rsa-1")))
-        flags |= {
-            "identity.jwt.issuer": "https://issuer.test",
-            "identity.jwt.audiences": ["pdp"],
-            "identity.jwt.jwks_file": str(tmp_path / "jwks.json"),
-        }
+        flags |= thread_pool_settings(tmp_path)
     server = PdpServer(server_config(policy_dir, flags))
     server.start()
     assert server.on_loop is on_loop
