@@ -566,7 +566,7 @@ class SqlSource(_SqlBase):
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
 
-    def _entry(self, row: Any, indexed: set[tuple[str, int, bool]] | None = None) -> Entry:
+    def _entry(self, row: Any, indexed: set[tuple[str, int, bool]]) -> Entry:
         where = f"{self.audit.name} chain {row.chain} seq {row.seq}"
         try:
             record, obj = parse_line(row.record)
@@ -591,10 +591,9 @@ class SqlSource(_SqlBase):
         problems = (
             ["indexed columns differ from the record: " + ", ".join(differ)] if differ else []
         )
-        if indexed is not None:
-            expected = {(x.rule, record.time_us, record.allowed) for x in record.reasons}
-            if indexed != expected:
-                problems.append(_rules_differ(self.rules.name, expected, indexed))
+        expected = {(x.rule, record.time_us, record.allowed) for x in record.reasons}
+        if indexed != expected:
+            problems.append(_rules_differ(self.rules.name, expected, indexed))
         return Entry(where, record, obj, None, "; ".join(problems) or None)
 
     def follow(

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -749,6 +750,7 @@ def caller_of(context: grpc.ServicerContext, tls: bool) -> str:
     return ",".join(sorted(ids)) or peer_address(context.peer())
 
 
+@lru_cache(maxsize=4096)  # once per connection, not per call: peers keep their channels
 def peer_address(peer: str) -> str:
     """gRPC's peer string without the port: `ipv4:10.0.0.5:51234` → `ipv4:10.0.0.5`,
     `ipv6:[::1]:51234` (or its %5B...%5D form) → `ipv6:[::1]`; others as they are."""
