@@ -37,10 +37,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 from pdp.audit.jsonl import check_chain
-from pdp.audit.record import GENESIS, DecisionRecord, RecordDraft, seal, seal_draft
+from pdp.audit.record import (
+    GENESIS,
+    ChainedFields,
+    DecisionRecord,
+    RecordDraft,
+    new_record,
+    seal,
+    seal_draft,
+)
 from pdp.audit.sink import DecisionSink
 
 log = logging.getLogger("pdp.audit")
@@ -51,6 +59,43 @@ MODES: tuple[Mode, ...] = ("durable", "buffered")
 # A draft is built into its record by the writer, when it is sealed (see RecordDraft).
 Submitted = DecisionRecord | RecordDraft
 Item = tuple[Sequence[Submitted], "Ticket"]
+
+
+class SealedBatch(Sequence[DecisionRecord]):
+    """A batch's sealed records, each made when a sink first reads it.
+
+    A draft is sealed into its fields and its line (`seal_draft`); the line is what a
+    file is written with, and the file sink reads only a batch's first and last
+    record. Making every record anyway cost as much as its line (measured: 1.5 µs of
+    an 8.7 µs seal).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: list[DecisionRecord | ChainedFields] = []
+
+    def append(self, item: DecisionRecord | ChainedFields) -> None:
+        self._items.append(item)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> DecisionRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[DecisionRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> DecisionRecord | Sequence[DecisionRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._items)))]
+        item = self._items[index]
+        if isinstance(item, DecisionRecord):
+            return item
+        made = new_record(*item)
+        self._items[index] = made  # made once, whoever reads it again
+        return made
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,7 +580,7 @@ class AuditWriter:
         return batch
 
     def _write(self, batch: list[Item]) -> None:
-        sealed: list[DecisionRecord] = []
+        sealed = SealedBatch()
         lines: list[str] = []
         seq, prev = self._seq, self._prev
         chain = self.chain
@@ -543,11 +588,12 @@ class AuditWriter:
             for r in records:
                 seq += 1
                 if isinstance(r, RecordDraft):
-                    s, line = seal_draft(r, chain, seq, prev)
+                    fields, line, prev = seal_draft(r, chain, seq, prev)
+                    sealed.append(fields)
                 else:
-                    s, line = seal(r, chain, seq, prev)
-                prev = s.hash
-                sealed.append(s)
+                    record, line = seal(r, chain, seq, prev)
+                    prev = record.hash
+                    sealed.append(record)
                 lines.append(line)
         try:
             self.sink.write_batch(sealed, lines)

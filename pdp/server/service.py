@@ -668,15 +668,17 @@ class DecisionService:
                 RecordDraft(
                     d,
                     req,
-                    decision_id=decision_id,
-                    caller=caller,
-                    latency_us=latency,
-                    bindings_version=bindings_version,
-                    policy=snap.policy,
-                    config=config,
-                    authn=authn,
-                    known_resource=it.resource if isinstance(it, _Invalid) else None,
-                    known_subject=it.subject if isinstance(it, _Invalid) else None,
+                    {
+                        "decision_id": decision_id,
+                        "caller": caller,
+                        "latency_us": latency,
+                        "bindings_version": bindings_version,
+                        "policy": snap.policy,
+                        "config": config,
+                        "authn": authn,
+                        "known_resource": it.resource if isinstance(it, _Invalid) else None,
+                        "known_subject": it.subject if isinstance(it, _Invalid) else None,
+                    },
                 )
             )
         return records

@@ -17,6 +17,8 @@ from pdp.audit.record import (
     ConfigError,
     DecisionRecord,
     Reason,
+    RecordArgs,
+    RecordDraft,
     RecordError,
     build_record,
     canonical,
@@ -29,11 +31,12 @@ from pdp.audit.record import (
     parse_line,
     record_hash,
     seal,
+    seal_draft,
 )
 from pdp.engine.decide import decide
 from pdp.engine.decision import Decision, Diagnostic
 from pdp.engine.request import Resource, Subject
-from tests.audit.support import T0, policy, record, req, us
+from tests.audit.support import ALL, T0, policy, record, req, us
 
 
 def test_a_record_has_every_field_of_the_decision() -> None:
@@ -339,3 +342,40 @@ def test_the_fast_constructor_makes_the_same_frozen_records() -> None:
         made.seq = 9  # type: ignore[misc]
     with pytest.raises(TypeError):
         new_record(**values, surplus=1)
+
+
+DRAFTS: dict[str, tuple[bool, dict[str, Any]]] = {
+    # name: (evaluated, build_record's arguments beyond the ids)
+    "no attributes": (True, {"policy": policy()}),
+    "every section, redacted": (
+        True,
+        {
+            "config": AuditConfig(
+                include=ALL.include, redact=("subject.properties.tenant", "resource.id")
+            ),
+            "http": {"method": "GET", "path": "/docs/1", "status": 403},
+        },
+    ),
+    "authenticated, store revision": (
+        True,
+        {"authn": {"result": "ok", "method": "bearer"}, "bindings_version": "12"},
+    ),
+    "not evaluated": (
+        False,
+        {"known_subject": ("user", "mallory"), "known_resource": ("doc", "9"), "time_us": 7},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", DRAFTS)
+def test_a_sealed_draft_is_its_record_sealed(name: str) -> None:
+    evaluated, extra = DRAFTS[name]
+    r = req("alice", "read", "1", subject_tenant="globex", context={"ip": "10.0.0.1"})
+    d = decide(policy(), r, frozenset({"viewer"}))  # a deny: the tenants differ
+    args: RecordArgs = {"decision_id": "d-1", "caller": "svc", "latency_us": 5, **extra}
+    request = r if evaluated else None
+    fields, line, digest = seal_draft(RecordDraft(d, request, args), "h", 3, "ab" * 32)
+    record, expected = seal(build_record(d, request, **args), "h", 3, "ab" * 32)
+    assert line == expected
+    assert new_record(*fields) == record and digest == record.hash
+    assert parse_line(line)[0] == record

@@ -7,14 +7,16 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import fields as dataclass_fields
 
 import pytest
 
-from pdp.audit.record import GENESIS, AuditConfig, DecisionRecord
+from pdp.audit.record import GENESIS, AuditConfig, DecisionRecord, RecordDraft, seal
 from pdp.audit.recorder import Recorder
 from pdp.audit.sink import MemorySink
-from pdp.audit.writer import AuditWriter, Ticket
-from tests.audit.support import record, wait_for
+from pdp.audit.writer import AuditWriter, SealedBatch, Ticket
+from pdp.engine.decide import decide
+from tests.audit.support import T0, policy, record, req, us, wait_for
 
 RECORDS = [record(i) for i in range(40)]
 
@@ -500,3 +502,39 @@ def test_a_bug_in_the_recorder_is_a_reason_to_deny_never_an_exception(
     assert awaited == "internal error in the audit log (KeyError)"
     assert caplog.text.count("audit recorder failed") == 2
     w.close()
+
+
+def test_drafts_are_stored_as_the_records_they_build() -> None:
+    sink = MemorySink()
+    w = writer(sink)
+    ps = policy()
+    drafts = [
+        RecordDraft(
+            decide(ps, req("bob", "read", str(i)), frozenset({"viewer"})),
+            req("bob", "read", str(i)),
+            {"decision_id": f"d-{i}", "caller": "svc", "latency_us": i, "policy": ps},
+        )
+        for i in range(4)
+    ]
+    assert w.submit([RECORDS[0], *drafts[:2]]).wait(5)  # a record and drafts in one call
+    assert w.submit(drafts[2:]).wait(5)
+    w.close()
+    assert linked(sink.records) and sink.snapshot() == sink.records
+    assert [r.decision_id for r in sink.records] == ["d-00000", "d-0", "d-1", "d-2", "d-3"]
+    built = drafts[3].build()
+    assert sink.records[-1] == seal(built, "host", 5, sink.records[-2].hash)[0]
+    assert sink.records[-1].time_us == us(T0)
+
+
+def test_a_sealed_batch_makes_each_record_once_when_read() -> None:
+    sealed = [seal(r, "host", i + 1, "0" * 64)[0] for i, r in enumerate(RECORDS[:3])]
+    fields = [tuple(getattr(r, f.name) for f in dataclass_fields(DecisionRecord)) for r in sealed]
+    batch = SealedBatch()
+    batch.append(sealed[0])
+    batch.append(fields[1])
+    batch.append(fields[2])
+    assert len(batch) == 3 and batch[-1] == sealed[2]
+    assert batch[1] is batch[1]  # made once
+    assert list(batch) == sealed and batch[1:] == sealed[1:] and batch[::-1] == sealed[::-1]
+    with pytest.raises(IndexError):
+        batch[3]
