@@ -146,10 +146,11 @@ event loop's thread, so its CPU is what limits throughput:
 - **audit off**: the loop thread 450–520 µs per call, gRPC's C threads about 130 more;
   9 voluntary context switches per call in the whole process.
 - **buffered**: the loop thread 550–570 µs (it builds each call's `RecordDraft` and
-  queues it), the writer thread 38–45 µs (sealing: the record, its canonical JSON line
-  and hash, about 106,000 instructions or 14–30 µs per record in a loop, written every
-  0.2 s in batches of hundreds). The writer's stretches of sealing hold the GIL while
-  the loop waits, which is the buffered p99.
+  queues it), the writer thread 38–45 µs (sealing: the record's fields, its canonical
+  JSON line and hash, then about 106,000 instructions or 14–30 µs per record in a loop,
+  written every 0.2 s in batches of hundreds). The writer's stretches of sealing hold
+  the GIL while the loop waits, which is the buffered p99. Since then a seal makes no
+  record object (see below): 78,000 instructions, 5.8 µs in a loop.
 - **durable**: the loop thread 670–760 µs, the writer thread about 210 µs; 13.5
   switches per call. Calls await their record on the loop without a thread, and the
   writer wakes the loop once per batch, but at 8 in flight a batch holds only 1.7
@@ -179,11 +180,15 @@ process's CPU per write, not worth NUL bytes at the end of a JSON Lines file. Th
 ratios move by ±7 points between runs on this shared box: compare within one run.
 
 Counted in instructions (`benchmarks/server_instructions.py`, which this box's noise
-does not move), a buffered record adds 22% to a check and a durable one 41%. Per record
-(callgrind, in-process, 2026-11-27): the draft on the loop thread 21,000 instructions;
-in the writer, building the record 53,000, its canonical JSON 45,000, the hash and the
-rest of sealing 19,000, batching and the write 13,000. Buffered under 10% at 32 in
-flight would need about half of that.
+does not move), a buffered record added 22% to a check and a durable one 41%. Since
+the writer seals a draft into its fields and line, without making the record object
+that the file sink never reads, that is 17% and 39% (2026-11-27, evening). Per record
+(callgrind, in-process): the draft on the loop thread 17,500 instructions; in the
+writer, the record's fields 15,400, its canonical JSON 37,400, the hash 21,600, queueing
+and batching 17,400. Of the hash, about 16,500 is sha256 run without the CPU's SHA
+instructions, which valgrind does not emulate: on the CPU itself it is 0.7 µs of a
+5.8 µs seal. Buffered under 10% at 32 in flight needs about 72,000 instructions per
+record, all told.
 """
 
 
