@@ -182,7 +182,7 @@ ratios move by ±7 points between runs on this shared box: compare within one ru
 Counted in instructions (`benchmarks/server_instructions.py`, which this box's noise
 does not move), a buffered record added 22% to a check and a durable one 41%. Since
 the writer seals a draft into its fields and line, without making the record object
-that the file sink never reads, that is 17% and 39% (2026-11-27, evening). Per record
+that the file sink never reads, that is 16–17% and 38–39% (2026-11-27, evening). Per record
 (callgrind, in-process): the draft on the loop thread 17,500 instructions; in the
 writer, the record's fields 15,400, its canonical JSON 37,400, the hash 21,600, queueing
 and batching 17,400. Of the hash, about 16,500 is sha256 run without the CPU's SHA
