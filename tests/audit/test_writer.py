@@ -445,6 +445,53 @@ def test_an_awaited_call_that_times_out_is_not_recorded() -> None:
     assert w.stats().rejected == 1
 
 
+def test_awaited_calls_time_out_each_at_its_own_deadline() -> None:
+    sink = SlowSink()
+    sink.gate = threading.Event()
+    w = writer(sink)
+    leader = threading.Thread(target=lambda: w.submit([RECORDS[0]]).wait(10))
+    leader.start()
+    assert sink.writing.wait(5)  # a write hangs; the calls below queue behind it
+
+    async def calls() -> list[tuple[float, bool]]:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+
+        async def call(i: int, timeout: float) -> tuple[float, bool]:
+            ok = await w.submit([RECORDS[i]], loop).wait_async(timeout)
+            return time.monotonic() - started, ok
+
+        # Later calls with shorter time-outs must not wait for the earlier deadlines.
+        return await asyncio.gather(call(1, 1.0), call(2, 0.3), call(3, 0.05))
+
+    (t1, ok1), (t2, ok2), (t3, ok3) = asyncio.run(calls())
+    assert not (ok1 or ok2 or ok3)
+    assert 0.05 <= t3 < 0.3 <= t2 < 1.0 <= t1 < 3.0
+    sink.gate.set()
+    leader.join(5)
+    w.close()
+    assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id]
+    assert w.stats().rejected == 3
+
+
+def test_an_awaited_call_answered_in_time_is_not_timed_out_later() -> None:
+    sink = MemorySink()
+    w = writer(sink)
+
+    async def calls() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        first = w.submit([RECORDS[1]], loop)
+        oks = [await first.wait_async(0.1)]
+        await asyncio.sleep(0.2)  # past the first deadline: its timer must change nothing
+        oks.append(await w.submit([RECORDS[2]], loop).wait_async(0.1))
+        oks.append(first.ok and not first.cancelled and first.error == "")
+        return oks
+
+    assert asyncio.run(calls()) == [True, True, True]
+    w.close()
+    assert len(sink.records) == 2 and w.stats().rejected == 0
+
+
 def test_an_awaited_call_whose_record_is_being_written_waits_for_the_write() -> None:
     sink = SlowSink()
     sink.gate = threading.Event()
