@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import FrozenInstanceError, fields, replace
 from typing import Any
 
@@ -337,7 +338,9 @@ def test_the_fast_constructor_makes_the_same_frozen_records() -> None:
     assert new_record(**minimal) == DecisionRecord(**minimal)
     assert repr(new_record(**minimal)) == repr(DecisionRecord(**minimal))
     made = new_record(**values)
-    assert type(made) is DecisionRecord
+    assert type(made) is DecisionRecord and not hasattr(made, "__dict__")
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert replace(made, seq=9).seq == 9 and made.seq == built.seq
     with pytest.raises(FrozenInstanceError):
         made.seq = 9  # type: ignore[misc]
     with pytest.raises(TypeError):
