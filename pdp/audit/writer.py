@@ -206,7 +206,7 @@ class Ticket:
         future = self._future
         if future is None:
             return self.wait(timeout)
-        if timeout is not None:
+        if timeout is not None and not self.finished:
             writer = self._writer
             assert writer is not None
             writer._deadlines_of(future.get_loop()).add(self, timeout)
@@ -217,6 +217,10 @@ class Ticket:
         """The caller's time-out (on its loop): give up, unless the write has the records."""
         writer = self._writer
         assert writer is not None and self._future is not None
+        if self._future.done():
+            # Resolved, or cancelled with the call (the client went away): then nobody
+            # was told a deny, and the records are written as they would have been.
+            return
         with writer._cond:
             if self.finished or self.taken:
                 return  # done, or being written: the write decides (see `wait`)
@@ -288,10 +292,15 @@ class _Deadlines:
     set for the earliest. Used on the loop's thread only.
     """
 
-    __slots__ = ("_loop", "_heap", "_count", "_timer")
+    __slots__ = ("_loop", "_owner", "_heap", "_count", "_timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        owner: dict[asyncio.AbstractEventLoop, _Deadlines],
+    ) -> None:
         self._loop = loop
+        self._owner = owner  # the writer's, by loop: left when empty, so no loop is kept
         self._heap: list[tuple[float, int, Ticket, float]] = []
         self._count = itertools.count()  # ties in the heap: never compare tickets
         self._timer: asyncio.TimerHandle | None = None
@@ -321,6 +330,8 @@ class _Deadlines:
             heapq.heappop(heap)
             if not ticket.finished:
                 ticket._expire(timeout)
+        if self._owner.get(self._loop) is self:
+            del self._owner[self._loop]
 
 
 class AuditWriter:
@@ -434,7 +445,7 @@ class AuditWriter:
         """The time-outs of the tickets awaited on `loop` (made on its first ticket)."""
         deadlines = self._deadlines.get(loop)
         if deadlines is None:
-            deadlines = self._deadlines.setdefault(loop, _Deadlines(loop))
+            deadlines = self._deadlines.setdefault(loop, _Deadlines(loop, self._deadlines))
         return deadlines
 
     def _refusal(self) -> str | None:
@@ -499,6 +510,7 @@ class AuditWriter:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        self._deadlines.clear()  # their timers still end what they wait for; no loop is kept
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():

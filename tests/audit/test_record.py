@@ -354,7 +354,8 @@ DRAFTS: dict[str, tuple[bool, dict[str, Any]]] = {
         True,
         {
             "config": AuditConfig(
-                include=ALL.include, redact=("subject.properties.tenant", "resource.id")
+                include=ALL.include,
+                redact=("subject.properties.tenant", "resource.id", "http.path"),
             ),
             "http": {"method": "GET", "path": "/docs/1", "status": 403},
         },
@@ -375,6 +376,8 @@ def test_a_sealed_draft_is_its_record_sealed(name: str) -> None:
     evaluated, extra = DRAFTS[name]
     r = req("alice", "read", "1", subject_tenant="globex", context={"ip": "10.0.0.1"})
     d = decide(policy(), r, frozenset({"viewer"}))  # a deny: the tenants differ
+    if not evaluated:  # refused before the engine, with the reason as diagnostic
+        d = Decision("read", False, (), (Diagnostic("unknown_route", "no route", None),), "v")
     args: RecordArgs = {"decision_id": "d-1", "caller": "svc", "latency_us": 5, **extra}
     request = r if evaluated else None
     fields, line, digest = seal_draft(RecordDraft(d, request, args), "h", 3, "ab" * 32)
