@@ -178,11 +178,20 @@ beyond the noise. A zero-filled, preallocated segment synced with `fdatasync` wr
 in 52 µs instead of 82 (no size change to journal), but saves only ~5 µs of this
 process's CPU per write, not worth NUL bytes at the end of a JSON Lines file. The
 ratios move by ±7 points between runs on this shared box: compare within one run.
+In the evening of 2026-11-27: buffered flush intervals of 0.01 and 0.05 s instead of
+0.2 cost more CPU per call (×1.15 and ×1.10 against ×1.06, 32 in flight), 0.5 and 1 s
+no less; records made by filling a mutable twin of the class and then assigning
+`__class__` took 0.47 µs instead of 1.5, but raise a `sys.audit` event per record, so
+records are still made through the slots' descriptors. Kept: durable calls awaited on
+the loop time out through one timer per loop over a heap of deadlines, not an
+`asyncio.timeout` each (4.2 µs of the loop per call; 995 → 947 thousand instructions
+per durable check).
 
 Counted in instructions (`benchmarks/server_instructions.py`, which this box's noise
 does not move), a buffered record added 22% to a check and a durable one 41%. Since
 the writer seals a draft into its fields and line, without making the record object
-that the file sink never reads, that is 16–17% and 38–39% (2026-11-27, evening). Per record
+that the file sink never reads, and with one timer per loop for durable time-outs,
+that is 16% and 34% (2026-11-27, evening). Per record
 (callgrind, in-process): the draft on the loop thread 17,500 instructions; in the
 writer, the record's fields 15,400, its canonical JSON 37,400, the hash 21,600, queueing
 and batching 17,400. Of the hash, about 16,500 is sha256 run without the CPU's SHA
