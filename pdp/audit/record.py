@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -202,6 +203,14 @@ def _descriptor_init() -> Callable[..., DecisionRecord]:
 
 
 new_record = _descriptor_init()
+_CHAIN_FIELDS = ("chain", "seq", "prev", "hash", "v")  # the last fields, set by the writer
+_NAMES = [f.name for f in fields(DecisionRecord)]
+if tuple(_NAMES[-len(_CHAIN_FIELDS) :]) != _CHAIN_FIELDS:
+    raise TypeError(f"DecisionRecord must end with the fields {', '.join(_CHAIN_FIELDS)}")
+# A record's `RecordFields`, taken in the class's own order (one C call).
+_fields_of: Callable[[DecisionRecord], RecordFields] = operator.attrgetter(
+    *_NAMES[: -len(_CHAIN_FIELDS)]
+)
 
 
 def canonical(obj: Mapping[str, Any]) -> str:
@@ -254,36 +263,7 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 
 def canonical_body(r: DecisionRecord, chain: str, seq: int, prev: str) -> str:
     """`canonical(record.to_json())` with the chain fields set, without the dicts."""
-    return fields_body(
-        (
-            r.decision_id,
-            r.time_us,
-            r.caller,
-            r.subject_type,
-            r.subject_id,
-            r.roles,
-            r.action,
-            r.resource_type,
-            r.resource_id,
-            r.allowed,
-            r.reasons,
-            r.diagnostics,
-            r.policy_version,
-            r.bindings_version,
-            r.latency_us,
-            r.subject_properties,
-            r.action_properties,
-            r.resource_properties,
-            r.resource_ancestors,
-            r.context,
-            r.authn,
-            r.http,
-        ),
-        chain,
-        seq,
-        prev,
-        r.v,
-    )
+    return fields_body(_fields_of(r), chain, seq, prev, r.v)
 
 
 def fields_body(f: RecordFields, chain: str, seq: int, prev: str, v: int) -> str:
@@ -368,35 +348,7 @@ def fields_body(f: RecordFields, chain: str, seq: int, prev: str, v: int) -> str
 def _replace_chain(r: DecisionRecord, chain: str, seq: int, prev: str, h: str) -> DecisionRecord:
     # dataclasses.replace re-runs __init__ with every field; this is the hot path of the
     # writer, so build the copy directly.
-    return new_record(
-        r.decision_id,
-        r.time_us,
-        r.caller,
-        r.subject_type,
-        r.subject_id,
-        r.roles,
-        r.action,
-        r.resource_type,
-        r.resource_id,
-        r.allowed,
-        r.reasons,
-        r.diagnostics,
-        r.policy_version,
-        r.bindings_version,
-        r.latency_us,
-        r.subject_properties,
-        r.action_properties,
-        r.resource_properties,
-        r.resource_ancestors,
-        r.context,
-        r.authn,
-        r.http,
-        chain,
-        seq,
-        prev,
-        h,
-        r.v,
-    )
+    return new_record(*_fields_of(r), chain, seq, prev, h, r.v)
 
 
 # --- reading ----------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields as dataclass_fields
 
 import pytest
@@ -38,6 +39,24 @@ class SlowSink(MemorySink):
             self.gate.wait(10)
         time.sleep(self.delay)
         super().write_batch(records, lines)
+
+
+@contextlib.contextmanager
+def a_write_hangs() -> Iterator[tuple[AuditWriter, SlowSink]]:
+    """A durable writer whose write of RECORDS[0], led by a thread, hangs until the
+    block ends; then the writer is closed."""
+    sink = SlowSink()
+    sink.gate = threading.Event()
+    w = writer(sink)
+    leader = threading.Thread(target=lambda: w.submit([RECORDS[0]]).wait(10))
+    leader.start()
+    assert sink.writing.wait(5)
+    try:
+        yield w, sink
+    finally:
+        sink.gate.set()
+        leader.join(5)
+        w.close()
 
 
 def linked(records: Sequence[DecisionRecord], start: int = 1) -> bool:
@@ -426,52 +445,36 @@ def test_a_failing_sink_fails_awaited_calls_and_they_learn_why() -> None:
 
 
 def test_an_awaited_call_that_times_out_is_not_recorded() -> None:
-    sink = SlowSink()
-    sink.gate = threading.Event()
-    w = writer(sink)
     # A thread leads a write that hangs; a loop call queues behind it and gives up.
-    leader = threading.Thread(target=lambda: w.submit([RECORDS[0]]).wait(10))
-    leader.start()
-    assert sink.writing.wait(5)
+    with a_write_hangs() as (w, sink):
 
-    async def gives_up() -> tuple[bool, str]:
-        t = w.submit([RECORDS[1]], asyncio.get_running_loop())
-        return await t.wait_async(0.05), t.error
+        async def gives_up() -> tuple[bool, str]:
+            t = w.submit([RECORDS[1]], asyncio.get_running_loop())
+            return await t.wait_async(0.05), t.error
 
-    ok, error = asyncio.run(gives_up())
+        ok, error = asyncio.run(gives_up())
     assert not ok and "did not confirm the write within 0.05 s" in error
-    sink.gate.set()
-    leader.join(5)
-    w.close()
     assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id]
     assert w.stats().rejected == 1
 
 
 def test_awaited_calls_time_out_each_at_its_own_deadline() -> None:
-    sink = SlowSink()
-    sink.gate = threading.Event()
-    w = writer(sink)
-    leader = threading.Thread(target=lambda: w.submit([RECORDS[0]]).wait(10))
-    leader.start()
-    assert sink.writing.wait(5)  # a write hangs; the calls below queue behind it
+    with a_write_hangs() as (w, sink):  # the calls below queue behind the hung write
 
-    async def calls() -> list[tuple[float, bool]]:
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
+        async def calls() -> list[tuple[float, bool]]:
+            loop = asyncio.get_running_loop()
+            started = time.monotonic()
 
-        async def call(i: int, timeout: float) -> tuple[float, bool]:
-            ok = await w.submit([RECORDS[i]], loop).wait_async(timeout)
-            return time.monotonic() - started, ok
+            async def call(i: int, timeout: float) -> tuple[float, bool]:
+                ok = await w.submit([RECORDS[i]], loop).wait_async(timeout)
+                return time.monotonic() - started, ok
 
-        # Later calls with shorter time-outs must not wait for the earlier deadlines.
-        return await asyncio.gather(call(1, 1.5), call(2, 0.5), call(3, 0.05))
+            # Later calls with shorter time-outs must not wait for the earlier deadlines.
+            return await asyncio.gather(call(1, 1.5), call(2, 0.5), call(3, 0.05))
 
-    (t1, ok1), (t2, ok2), (t3, ok3) = asyncio.run(calls())
+        (t1, ok1), (t2, ok2), (t3, ok3) = asyncio.run(calls())
     assert not (ok1 or ok2 or ok3)
     assert 0.05 <= t3 < 0.5 <= t2 < 1.5 <= t1 < 5.0
-    sink.gate.set()
-    leader.join(5)
-    w.close()
     assert [r.decision_id for r in sink.records] == [RECORDS[0].decision_id]
     assert w.stats().rejected == 3
 
@@ -495,26 +498,18 @@ def test_an_awaited_call_answered_in_time_is_not_timed_out_later() -> None:
 
 
 def test_a_call_cancelled_while_awaiting_its_record_still_has_it_written() -> None:
-    sink = SlowSink()
-    sink.gate = threading.Event()
-    w = writer(sink)
-    leader = threading.Thread(target=lambda: w.submit([RECORDS[0]]).wait(10))
-    leader.start()
-    assert sink.writing.wait(5)
     loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    with a_write_hangs() as (w, sink):
 
-    async def client_goes_away() -> None:
-        loops.append(weakref.ref(asyncio.get_running_loop()))
-        ticket = w.submit([RECORDS[1]], asyncio.get_running_loop())
-        call = asyncio.ensure_future(ticket.wait_async(0.1))
-        await asyncio.sleep(0.02)
-        call.cancel()  # what gRPC does to the handler when the client cancels
-        await asyncio.sleep(0.3)  # past the time-out the call would have had
+        async def client_goes_away() -> None:
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+            ticket = w.submit([RECORDS[1]], asyncio.get_running_loop())
+            call = asyncio.ensure_future(ticket.wait_async(0.1))
+            await asyncio.sleep(0.02)
+            call.cancel()  # what gRPC does to the handler when the client cancels
+            await asyncio.sleep(0.3)  # past the time-out the call would have had
 
-    asyncio.run(client_goes_away())
-    sink.gate.set()
-    leader.join(5)
-    w.close()
+        asyncio.run(client_goes_away())
     # Nobody was told a deny, so the record is kept, as for any call once queued.
     assert [r.decision_id for r in sink.records] == [r.decision_id for r in RECORDS[:2]]
     assert w.stats().rejected == 0
