@@ -111,12 +111,21 @@ def _sub(verbs: Any, name: str, text: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = p.add_mutually_exclusive_group()
+    # `--path` and `--url` as well: the names of the server's `audit.path` and `audit.url`.
     where.add_argument(
         "--log",
+        "--path",
+        dest="log",
         metavar="PATH",
         help=f"audit directory or one .jsonl file (default ${ENV_LOG}, else ./{DEFAULT_LOG})",
     )
-    where.add_argument("--db", metavar="URL", help=f"the SQL audit table's database (${ENV_DB})")
+    where.add_argument(
+        "--db",
+        "--url",
+        dest="db",
+        metavar="URL",
+        help=f"the SQL audit table's database (${ENV_DB})",
+    )
     p.add_argument("--table", default="pdp_audit", metavar="NAME", help="SQL table (pdp_audit)")
     add_json_option(p)
     return p

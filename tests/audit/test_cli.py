@@ -52,6 +52,21 @@ def cli(capsys: pytest.CaptureFixture[str], log: Path) -> Cli:
     return Cli(capsys, log)
 
 
+def test_the_server_setting_names_select_the_log_too(cli: Cli, log: Path) -> None:
+    # `audit.path` / `audit.url` in the server's config: the same names work here.
+    by_log = cli("search", "--log", str(log), "--json", where=False)
+    assert by_log[0] == 0 and json.loads(by_log[1])["records"]
+    assert cli("search", "--path", str(log), "--json", where=False)[1] == by_log[1]
+    url = f"sqlite:///{log.parent / 'audit.db'}"
+    w = AuditWriter(SqlSink(url), chain="host")
+    w.start()
+    assert w.submit([record(i) for i in range(3)]).wait(10)
+    w.close()
+    by_db = cli("search", "--db", url, "--json", where=False)
+    assert by_db[0] == 0 and len(json.loads(by_db[1])["records"]) == 3
+    assert cli("search", "--url", url, "--json", where=False)[1] == by_db[1]
+
+
 def test_search_table(cli: Cli) -> None:
     code, out, err = cli("search", "subject=user:alice", "decision=deny", "--limit", "3")
     assert code == 0 and not err
