@@ -68,8 +68,7 @@ class SealedBatch(Sequence[DecisionRecord]):
 
     A draft is sealed into its fields and its line (`seal_draft`); the line is what a
     file is written with, and the file sink reads only a batch's first and last
-    record. Making every record anyway cost as much as its line (measured: 1.5 µs of
-    an 8.7 µs seal).
+    record. Making every record anyway would add 1.5 µs to each 5.8 µs seal (measured).
     """
 
     __slots__ = ("_items",)
@@ -226,8 +225,7 @@ class Ticket:
                 return  # done, or being written: the write decides (see `wait`)
             self.cancelled = True
             self.error = f"the audit log did not confirm the write within {timeout} s"
-        if not self._future.done():
-            self._future.set_result(None)
+        self._future.set_result(None)  # not done (above), and only this thread resolves it
 
     def _finish(self, ok: bool, error: str = "", woken: list[Ticket] | None = None) -> None:
         """Done: stored (`ok`) or not. Once per ticket; later calls change nothing.
