@@ -224,6 +224,43 @@ def test_durable_denies_when_the_sink_fails_and_says_so(serve: Any) -> None:
     assert [r.allowed for r in sink.records] == [True, True]
 
 
+class _HungSink(MemorySink):
+    """Its first write waits for `gate`: the writes behind it queue up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.writing = threading.Event()
+
+    def write_batch(self, records: Any, lines: Any) -> None:
+        self.writing.set()
+        self.gate.wait(10)
+        super().write_batch(records, lines)
+
+
+def test_durable_call_queued_behind_a_hung_write_is_denied_at_its_time_out(
+    serve: Any,
+) -> None:
+    sink = _HungSink()
+    s = serve(sink=sink, **{"audit.durable_timeout": 0.5})
+    first: list[Decision] = []
+    caller = threading.Thread(target=lambda: first.append(s.client.check(ALICE, "read", DOC)))
+    caller.start()
+    assert sink.writing.wait(5)  # the first call's record is being written, and hangs
+    started = time.monotonic()
+    d = s.client.check(BOB, "read", DOC)
+    waited = time.monotonic() - started
+    assert not d.allowed and d.decision_id == ""
+    assert [x.code for x in d.diagnostics] == ["audit_unavailable"]
+    assert 0.5 <= waited < 5
+    sink.gate.set()
+    caller.join(5)
+    # The call whose record was being written waited for the write, past its time-out.
+    assert first and first[0].allowed and first[0].decision_id
+    assert [r.decision_id for r in sink.records] == [first[0].decision_id]
+    assert s.client.server_info().audit.rejected == 1
+
+
 def test_durable_denies_every_decision_of_a_batch_and_of_list_actions_unrecorded(
     serve: Any,
 ) -> None:
